@@ -1,0 +1,19 @@
+"""Test set-up: 8 fake CPU devices (before JAX starts), quiet TensorFlow, shared data dir."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
+import pytest  # noqa: E402
+
+jax.config.update('jax_num_cpu_devices', 8)
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """One TFDS data dir for the session, so each embedded dataset is prepared once."""
+  return str(tmp_path_factory.mktemp('tensorflow_datasets'))

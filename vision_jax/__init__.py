@@ -1,0 +1,1 @@
+"""vision_jax: reference JAX/Flax implementations of the computer-vision lecture."""

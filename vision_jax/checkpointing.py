@@ -1,0 +1,67 @@
+"""Orbax checkpoints of the whole train state, saved every N steps and resumed automatically.
+
+The state (params, optimizer state, BatchNorm statistics, step) is the only thing
+saved: the data position and the per-step randomness are functions of the step.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be restored; the message names its path."""
+
+
+class Checkpointer:
+  """Saves and restores train states under `workdir/checkpoints/<step>`.
+
+  Attributes:
+    directory: where the step folders live.
+  """
+
+  def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, every_steps), max_to_keep=keep, create=True,
+        enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+    """Restores the latest (or given) step into the shardings of `abstract_state`."""
+    step = self.latest_step() if step is None else step
+    path = os.path.join(self.directory, str(step))
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as e:  # Orbax raises many types for corrupt or mismatched trees.
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise CheckpointError(
+          f'checkpoint {path} cannot be restored into this experiment\'s state '
+          f'(corrupt, or saved by a different model/optimizer): {reason[:500]}. '
+          f'Nothing was changed; move it away or use another --workdir.') from e
+
+  def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves when `step` is on the save interval (or `force`); all processes call it."""
+    if step == self.latest_step():
+      return False
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def should_save(self, step: int) -> bool:
+    return self._manager.should_save(step)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def abstract_with_shardings(state: Any) -> Any:
+  """`jax.ShapeDtypeStruct`s carrying shardings, the restore target for Orbax."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

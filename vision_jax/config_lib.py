@@ -1,0 +1,174 @@
+"""Experiment configs: loading `path.py[:arg]`, `--config.field=value` overrides, durations.
+
+A config file defines `get_config(arg=None) -> ml_collections.ConfigDict`. Errors are
+`ConfigError`s whose message names the file or field, so the launcher can print them
+as one line.
+"""
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Any, Iterable
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+class ConfigError(ValueError):
+  """A config file, argument or override that cannot be used."""
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` and returns the locked config."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise ConfigError(f'config file not found: {path}')
+  module_spec = importlib.util.spec_from_file_location(
+      'vision_jax_config_' + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:
+    raise ConfigError(f'config file {path} failed to load: {type(e).__name__}: {e}') from e
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'config file {path} has no get_config()')
+  try:
+    config = module.get_config(arg or None)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f'config file {path} rejected argument {arg!r}: {e}') from e
+  config.lock()
+  return config
+
+
+def parse_config_args(spec: str) -> dict[str, str]:
+  """Parses the `key=value,flag` argument string of `--config path.py:ARGS`."""
+  args = {}
+  for item in filter(None, (spec or '').split(',')):
+    key, eq, value = item.partition('=')
+    args[key.strip()] = value.strip() if eq else 'True'
+  return args
+
+
+def _field_names(config: ml_collections.ConfigDict, prefix: str = '') -> Iterable[str]:
+  for key, value in config.items():
+    yield prefix + key
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _field_names(value, prefix + key + '.')
+
+
+def _parse_value(text: str, current: Any, field_type: type, field: str) -> Any:
+  """Converts the override string to the field's type (its placeholder type when None)."""
+  try:
+    literal = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    literal = text  # A bare word is a string.
+  if current is None:
+    if literal is None or field_type is type(None):
+      return literal
+    if field_type is float and isinstance(literal, int):
+      return float(literal)
+    if isinstance(literal, field_type) and not (isinstance(literal, bool) and field_type is int):
+      return literal
+    if field_type is str:
+      return text
+    raise ConfigError(f'config field {field} expects {field_type.__name__}, got {text!r}')
+  if isinstance(current, bool):
+    if text.lower() in ('true', '1', 'yes'):
+      return True
+    if text.lower() in ('false', '0', 'no'):
+      return False
+  elif isinstance(current, str):
+    return text
+  elif isinstance(current, float) and isinstance(literal, (int, float)) \
+      and not isinstance(literal, bool):
+    return float(literal)
+  elif isinstance(current, int) and isinstance(literal, int) and not isinstance(literal, bool):
+    return literal
+  elif isinstance(current, (tuple, list)) and isinstance(literal, (tuple, list)):
+    return type(current)(literal)
+  elif literal is None:
+    return None
+  raise ConfigError(
+      f'config field {field} expects {type(current).__name__}, got {text!r}')
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+  """Applies `{'data.name': 'mnist', ...}` in place; unknown fields are errors."""
+  for field, text in overrides.items():
+    *parents, leaf = field.split('.')
+    node = config
+    for i, name in enumerate(parents + [leaf]):
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        close = difflib.get_close_matches(field, list(_field_names(config)), n=1)
+        hint = f' (did you mean {close[0]}?)' if close else ''
+        raise ConfigError(f'unknown config field {field}{hint}')
+      if i < len(parents):
+        node = node[name]
+    current = node[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
+      raise ConfigError(f'config field {field} is a group; set one of its fields')
+    value = _parse_value(text, current, node.get_type(leaf), field)
+    with node.ignore_type():
+      node[leaf] = value
+    # A duration is given once: `--config.total_steps=N` clears a configured total_epochs.
+    for unit, twin_unit in (('_steps', '_epochs'), ('_epochs', '_steps')):
+      twin = leaf[:-len(unit)] + twin_unit if leaf.endswith(unit) else None
+      if twin and twin in node and '.'.join(parents + [twin]) not in overrides:
+        with node.ignore_type():
+          node[twin] = None
+
+
+def steps(config: ml_collections.ConfigDict, prefix: str, steps_per_epoch: int,
+          default: int | None = None) -> int | None:
+  """Reads a duration given as `<prefix>_steps` or `<prefix>_epochs`, in steps."""
+  step_value = config.get(f'{prefix}_steps')
+  epoch_value = config.get(f'{prefix}_epochs')
+  if step_value is not None and epoch_value is not None:
+    raise ConfigError(f'set only one of {prefix}_steps and {prefix}_epochs')
+  if step_value is not None:
+    return int(step_value)
+  if epoch_value is not None:
+    return int(round(epoch_value * steps_per_epoch))
+  return default
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The fields every experiment shares, with their defaults; experiments fill the rest."""
+  config = ml_collections.ConfigDict()
+  config.method = 'classification'
+  config.seed = 0
+  config.batch_size = 128  # Global: across all devices and processes.
+  config.total_steps = placeholder(int)  # Or total_epochs; the last one set on the command line wins.
+  config.total_epochs = placeholder(float)
+  config.log_every_steps = 50
+  config.eval_every_steps = 0  # 0: only at the end.
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.async_checkpoints = True
+  config.grad_accum_steps = 1
+  config.compute_dtype = 'float32'  # 'bfloat16' for mixed precision; params stay float32.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = ''
+  config.data.data_dir = placeholder(str)  # None: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  config.data.train_split = 'train'
+  config.data.pp_train = 'decode|value_range(0, 1)'
+  config.data.cache = True
+  config.data.shuffle_buffer = 50_000
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = ''
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='sgd', momentum=0.9, nesterov=False, b1=0.9, b2=0.999, weight_decay=0.0,
+      decay_weights_only=True, grad_clip_norm=placeholder(float)))
+  config.lr = 0.1
+  config.lr_batch_base = placeholder(int)  # When set, lr is scaled by batch_size / lr_batch_base.
+  config.schedule = ml_collections.ConfigDict(dict(
+      name='cosine', warmup_steps=placeholder(int), warmup_epochs=placeholder(float),
+      boundaries_steps=placeholder(tuple), boundaries_epochs=placeholder(tuple),
+      decay_factor=0.1))
+
+  config.evals = ml_collections.ConfigDict()
+  return config

@@ -1,0 +1,8 @@
+"""Data: TFDS builders of the embedded datasets, preprocessing ops, input pipelines.
+
+Importing this package registers the embedded builders with TFDS, so
+`tfds.builder('digits')` works in research code as in the launcher.
+"""
+
+# Registration happens on import of each builder module.
+from vision_jax.data import digits  # noqa: F401

@@ -1,0 +1,99 @@
+"""CIFAR ResNets of He et al. (2015), section 4.2: ResNet-20/32/44/56/110.
+
+A 3x3 stem, then three stages of n basic blocks with 16, 32 and 64 filters on
+32x32, 16x16 and 8x8 maps (depth = 6n + 2), global average pool and a dense
+head. Shortcuts are the paper's option A, so they add no parameters.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# He initialisation, with torchvision's fan_out convention.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def conv3x3(features: int, strides: int = 1, *, dtype: Any,
+            name: str) -> nn.Conv:
+  """A bias-free 3x3 convolution: the BatchNorm after it has its own bias."""
+  return nn.Conv(features, (3, 3), strides=strides, padding=((1, 1), (1, 1)),
+                 use_bias=False, kernel_init=conv_kernel_init, dtype=dtype,
+                 name=name)
+
+
+def batch_norm(train: bool, *, dtype: Any, name: str) -> nn.BatchNorm:
+  # PyTorch's defaults (its momentum 0.1 weighs the new batch, Flax's weighs
+  # the running average).
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                      epsilon=1e-5, dtype=dtype, name=name)
+
+
+def option_a_shortcut(x: jnp.ndarray, features: int,
+                      strides: int) -> jnp.ndarray:
+  """Identity, subsampled by striding and zero-padded to `features` channels."""
+  x = x[:, ::strides, ::strides, :]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - x.shape[-1])))
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions plus a parameter-free option-A shortcut.
+
+  Attributes:
+    filters: output channels of the block.
+    strides: stride of the first convolution; 2 where a stage halves the
+      resolution.
+    dtype: compute dtype; parameters stay float32.
+  """
+  filters: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    y = conv3x3(self.filters, self.strides, dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(batch_norm(train, dtype=self.dtype, name='bn1')(y))
+    y = conv3x3(self.filters, dtype=self.dtype, name='conv2')(y)
+    y = batch_norm(train, dtype=self.dtype, name='bn2')(y)
+    return nn.relu(y + option_a_shortcut(x, self.filters, self.strides))
+
+
+class Model(nn.Module):
+  """CIFAR ResNet of depth 6n + 2 with three stages of n basic blocks.
+
+  Blocks are named `stage{k}_block{j}` so their outputs can be read with
+  `capture_intermediates`.
+
+  Attributes:
+    depth: 6n + 2 for n >= 1; the paper uses 20, 32, 44, 56 and 110.
+    num_classes: size of the logits.
+    num_filters: filters of the stem and the first stage (16 in the paper),
+      doubled in each later stage; small values give tiny test variants.
+    dtype: compute dtype, e.g. jnp.bfloat16; parameters and BatchNorm
+      statistics stay float32 and the logits are returned in float32.
+  """
+  depth: int = 20
+  num_classes: int = 10
+  num_filters: int = 16
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    if self.depth < 8 or (self.depth - 2) % 6:
+      raise ValueError(
+          f'CIFAR ResNet depth must be 6n + 2 with n >= 1, got {self.depth}.')
+    blocks_per_stage = (self.depth - 2) // 6
+
+    x = conv3x3(self.num_filters, dtype=self.dtype, name='conv_init')(x)
+    x = nn.relu(batch_norm(train, dtype=self.dtype, name='bn_init')(x))
+    for stage in range(3):
+      for i in range(blocks_per_stage):
+        x = BasicBlock(
+            filters=self.num_filters * 2**stage,
+            strides=2 if stage > 0 and i == 0 else 1,
+            dtype=self.dtype,
+            name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+    # Float32 logits keep the softmax and the loss at full precision.
+    return x.astype(jnp.float32)

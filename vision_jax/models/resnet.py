@@ -1,0 +1,159 @@
+"""ResNets for ImageNet (He et al., 2016), laid out like torchvision's.
+
+This is version 1.5: the bottleneck block strides in its 3x3 convolution rather
+than in the first 1x1, as torchvision and most published ImageNet results do.
+Padding is explicit and symmetric, as in PyTorch, so that shapes and parameter
+counts match torchvision's exactly and its weights would port one to one.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# torchvision initialises convolutions with kaiming_normal_(mode='fan_out').
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Any,
+         name: str) -> nn.Conv:
+  """A bias-free convolution: the BatchNorm after it has its own bias."""
+  pad = kernel_size // 2
+  return nn.Conv(features, (kernel_size, kernel_size), strides=strides,
+                 padding=((pad, pad), (pad, pad)), use_bias=False,
+                 kernel_init=conv_kernel_init, dtype=dtype, name=name)
+
+
+def batch_norm(train: bool, *, dtype: Any, name: str,
+               zero_init: bool = False) -> nn.BatchNorm:
+  # momentum 0.9 and epsilon 1e-5 are PyTorch's defaults (its momentum 0.1
+  # weighs the new batch, Flax's weighs the running average).
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+      scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+      name=name)
+
+
+def shortcut(x: jnp.ndarray, features: int, strides: int, train: bool,
+             dtype: Any) -> jnp.ndarray:
+  """Identity, or a strided 1x1 projection where the block changes the shape."""
+  if strides == 1 and x.shape[-1] == features:
+    return x
+  x = conv(features, 1, strides, dtype=dtype, name='conv_proj')(x)
+  return batch_norm(train, dtype=dtype, name='bn_proj')(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions plus a shortcut (ResNet-18 and -34).
+
+  Attributes:
+    filters: output channels of the block.
+    strides: stride of the first convolution; 2 where a stage halves the
+      resolution.
+    zero_init_residual: start the last BatchNorm scale at zero, so that the
+      residual branch outputs zero and the block starts as identity + ReLU
+      (Goyal et al., 2017).
+    dtype: compute dtype; parameters stay float32.
+  """
+  filters: int
+  strides: int = 1
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    y = conv(self.filters, 3, self.strides, dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(batch_norm(train, dtype=self.dtype, name='bn1')(y))
+    y = conv(self.filters, 3, dtype=self.dtype, name='conv2')(y)
+    y = batch_norm(train, dtype=self.dtype, name='bn2',
+                   zero_init=self.zero_init_residual)(y)
+    return nn.relu(y + shortcut(x, self.filters, self.strides, train,
+                                self.dtype))
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 reduce, 3x3, 1x1 expand by 4, plus a shortcut (ResNet-50 and deeper).
+
+  Attributes:
+    filters: channels of the 3x3 convolution; the block outputs 4 * filters.
+    strides: stride of the 3x3 convolution (version 1.5); 2 where a stage
+      halves the resolution.
+    zero_init_residual: start the last BatchNorm scale at zero, so that the
+      residual branch outputs zero and the block starts as identity + ReLU
+      (Goyal et al., 2017).
+    dtype: compute dtype; parameters stay float32.
+  """
+  filters: int
+  strides: int = 1
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    y = conv(self.filters, 1, dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(batch_norm(train, dtype=self.dtype, name='bn1')(y))
+    y = conv(self.filters, 3, self.strides, dtype=self.dtype, name='conv2')(y)
+    y = nn.relu(batch_norm(train, dtype=self.dtype, name='bn2')(y))
+    y = conv(4 * self.filters, 1, dtype=self.dtype, name='conv3')(y)
+    y = batch_norm(train, dtype=self.dtype, name='bn3',
+                   zero_init=self.zero_init_residual)(y)
+    return nn.relu(y + shortcut(x, 4 * self.filters, self.strides, train,
+                                self.dtype))
+
+
+# depth -> (block, number of blocks in each of the four stages)
+STAGES: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (BottleneckBlock, (3, 4, 6, 3)),
+    101: (BottleneckBlock, (3, 4, 23, 3)),
+    152: (BottleneckBlock, (3, 8, 36, 3)),
+}
+
+
+class Model(nn.Module):
+  """ImageNet ResNet: 7x7/2 stem and 3x3/2 max pool, four stages, pool, dense.
+
+  Stage k (k = 1..4) works at 1/2**(k+1) of the input resolution with
+  num_filters * 2**(k-1) filters per block, so a 224x224 input reaches the
+  global pool as 7x7 maps. Blocks are named `stage{k}_block{j}` so their
+  outputs can be read with `capture_intermediates`.
+
+  Attributes:
+    depth: 18, 34, 50, 101 or 152.
+    num_classes: size of the logits.
+    num_filters: filters of the stem and the first stage (64 in the paper);
+      small values give the tiny variants used in tests.
+    zero_init_residual: start the last BatchNorm scale of every block at zero,
+      so each block starts as identity + ReLU (Goyal et al., 2017).
+    dtype: compute dtype, e.g. jnp.bfloat16; parameters and BatchNorm
+      statistics stay float32 and the logits are returned in float32.
+  """
+  depth: int = 50
+  num_classes: int = 1000
+  num_filters: int = 64
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    if self.depth not in STAGES:
+      raise ValueError(
+          f'ResNet depth must be one of {sorted(STAGES)}, got {self.depth}.')
+    block, stage_sizes = STAGES[self.depth]
+
+    x = conv(self.num_filters, 7, 2, dtype=self.dtype, name='conv_init')(x)
+    x = nn.relu(batch_norm(train, dtype=self.dtype, name='bn_init')(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, num_blocks in enumerate(stage_sizes):
+      for i in range(num_blocks):
+        x = block(
+            filters=self.num_filters * 2**stage,
+            strides=2 if stage > 0 and i == 0 else 1,
+            zero_init_residual=self.zero_init_residual,
+            dtype=self.dtype,
+            name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+    # Float32 logits keep the softmax and the loss at full precision.
+    return x.astype(jnp.float32)

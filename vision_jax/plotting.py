@@ -1,0 +1,62 @@
+"""Figures written next to the metrics (matplotlib, no display needed)."""
+
+import math
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _displayable(image: np.ndarray) -> np.ndarray:
+  """Rescales any value range to [0, 1] for display; drops a single channel axis."""
+  image = np.asarray(image, np.float32)
+  low, high = image.min(), image.max()
+  image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+  return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def labelled_image_grid(images: np.ndarray, labels: Sequence[str], path: str, *,
+                        correct: Sequence[bool] | None = None, title: str = '',
+                        columns: int = 8) -> None:
+  """A grid of images, each titled with its label (green when right, red when wrong)."""
+  count = len(images)
+  rows = max(1, math.ceil(count / columns))
+  fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4),
+                           squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if i >= count:
+      continue
+    ax.imshow(_displayable(images[i]), cmap='gray', interpolation='nearest')
+    color = 'black' if correct is None else ('tab:green' if correct[i] else 'tab:red')
+    ax.set_title(labels[i], fontsize=8, color=color)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def confusion_matrix(counts: np.ndarray, class_names: Sequence[str], path: str) -> None:
+  """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
+  counts = np.asarray(counts)
+  fractions = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+  size = min(0.45 * len(class_names) + 2, 30)
+  fig, ax = plt.subplots(figsize=(size, size))
+  ax.imshow(fractions, cmap='Blues', vmin=0, vmax=1)
+  if len(class_names) <= 30:
+    ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    for (i, j), n in np.ndenumerate(counts):
+      if n:
+        ax.text(j, i, str(n), ha='center', va='center', fontsize=6,
+                color='white' if fractions[i, j] > 0.5 else 'black')
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  ax.set_title('Confusion matrix')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,264 @@
+r"""The launcher and the one training loop every method of the lecture rides on.
+
+  python -m vision_jax.train --config experiments/<area>/<name>.py[:key=value,...] \
+      --workdir DIR [--config.<field>=<value> ...]
+
+Multi-host: start the same command once per process with `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID). On a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=8` gives 8
+devices, and the run uses all of them.
+
+Sections of `train_and_evaluate`: mesh, input, method (model, loss, optimizer), sharded
+state, checkpoint, update step, evaluators, loop, final report.
+"""
+
+import argparse
+import math
+import os
+import signal
+import sys
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from vision_jax import checkpointing, config_lib, evaluators, parallel, reporting
+from vision_jax.data import pipeline
+from vision_jax.methods import get_method_class
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) -> None:
+  """Saves the resolved config; a resumed run with a changed config keeps both."""
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      if f.read() == text:
+        return
+    path = os.path.join(workdir, f'config.resumed_at_{step}.json')
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(text)
+
+
+def _abstract_batch(dataset, global_batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  return {name: jax.ShapeDtypeStruct((global_batch_size, *spec.shape[1:]),
+                                     spec.dtype.as_numpy_dtype)
+          for name, spec in dataset.element_spec.items()}
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  history = jax.device_get(history)
+  return {f'train/{k}': float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       num_devices: int | None = None) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
+
+  Returns the final evaluation metrics, e.g. `{'eval/accuracy': 0.97, ...}`.
+  """
+  # Mesh: one `data` axis over every device of every process.
+  mesh = parallel.make_mesh(num_devices)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  # Input.
+  data = config.data
+  builder = pipeline.get_builder(data.name, data.get('data_dir'))
+  data_info = pipeline.dataset_info(builder, data.name)
+  num_train = pipeline.split_size(builder, data.train_split)
+  steps_per_epoch = max(1, num_train // config.batch_size)
+  total_steps = config_lib.steps(config, 'total', steps_per_epoch)
+  if not total_steps:
+    raise config_lib.ConfigError('set total_steps or total_epochs')
+  local_batch_size = parallel.local_batch_size(config.batch_size, mesh)
+
+  # Method: model, loss, optimizer.
+  method = get_method_class(config.method)(
+      config, data_info, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+
+  # Sharded state, created abstractly first so that no host copy is ever made.
+  checkpointer = checkpointing.Checkpointer(
+      workdir, every_steps=config.checkpoint_every_steps or total_steps,
+      keep=config.keep_checkpoints, async_save=config.get('async_checkpoints', True))
+  start_step = checkpointer.latest_step() or 0
+  train_ds = pipeline.train_dataset(
+      builder, data.train_split, batch_size=local_batch_size, seed=config.seed,
+      pp=data.pp_train, start_step=start_step, cache=data.get('cache', True),
+      shuffle_buffer=data.get('shuffle_buffer', 50_000))
+  abstract_batch = _abstract_batch(train_ds, config.batch_size)
+  base_key = jax.random.key(config.seed)
+  init_key, train_key = jax.random.split(base_key)
+
+  def init(rng):
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_batch)
+    return method.init_state(rng, zeros)
+
+  abstract_state = jax.eval_shape(init, init_key)
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+
+  # Checkpoint: resume from the latest, or start afresh.
+  if start_step:
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          abstract_state, state_sharding)
+    state = checkpointer.restore(target, start_step)
+  else:
+    state = jax.jit(init, out_shardings=state_sharding)(init_key)
+  if is_main:
+    _write_config(config, workdir, start_step)
+
+  # Update step: compiled once; the state is donated; randomness is fold_in(key, step).
+  def train_step(state, batch):
+    return method.update(state, batch, jax.random.fold_in(train_key, state.step))
+
+  train_step = jax.jit(
+      train_step, donate_argnums=0,
+      in_shardings=(state_sharding, parallel.data_sharded(mesh)),
+      out_shardings=(state_sharding, parallel.replicated(mesh)))
+
+  # Evaluators, by name: metrics are written as `<name>/<metric>`.
+  evals = {name: evaluators.get_evaluator(method, eval_config, builder=builder, mesh=mesh)
+           for name, eval_config in config.evals.items()}
+
+  writer = reporting.MetricWriter(workdir, enabled=is_main)
+  progress = reporting.Progress(total_steps, start_step, enabled=is_main)
+  if is_main:
+    progress.message(
+        f'{config.method} on {data.name}: {total_steps} steps of {config.batch_size} '
+        f'examples over {mesh.devices.size} devices in {jax.process_count()} process(es); '
+        + (f'resumed from step {start_step}' if start_step else 'starting fresh'))
+
+  stop = {'requested': False}
+  def request_stop(signum, frame):
+    del signum, frame
+    stop['requested'] = True
+  previous_handler = signal.signal(signal.SIGTERM, request_stop)
+
+  def check_finite(step, metrics):
+    loss = float(parallel.fetch(metrics['loss']))
+    if not math.isfinite(loss):
+      last = checkpointer.latest_step()
+      raise NonFiniteLossError(
+          f'loss is {loss} at step {step}; stopping. The last good checkpoint '
+          + (f'(step {last}) is intact in {checkpointer.directory}' if last is not None
+             else 'does not exist: none was saved before the failure'))
+
+  def run_evals(step):
+    results = {}
+    for name, evaluator in evals.items():
+      results.update({f'{name}/{k}': v for k, v in evaluator.evaluate(state).items()})
+    writer.write(step, results)
+    return results
+
+  # The loop.
+  step = start_step
+  history, pending, results = [], None, {}
+  train_iter = iter(tfds.as_numpy(train_ds))
+  try:
+    while step < total_steps:
+      batch = parallel.to_global(next(train_iter), mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      if pending:  # The previous step's loss: checked without waiting on this step.
+        check_finite(*pending)
+      pending = (step, metrics)
+      history.append(metrics)
+      last = step == total_steps
+      if jax.process_count() > 1 and step % config.log_every_steps == 0:
+        stop['requested'] = bool(np.any(jax.experimental.multihost_utils.process_allgather(
+            np.array(stop['requested']))))
+      if step % config.log_every_steps == 0 or last or stop['requested']:
+        check_finite(*pending)
+        logged = _mean_metrics(history)
+        history = []
+        logged['train/examples_per_sec'] = progress.update(
+            step, config.batch_size, {k: logged[k] for k in ('train/loss', 'train/lr')})
+        writer.write(step, logged)
+      if checkpointer.should_save(step) or last or stop['requested']:
+        check_finite(*pending)
+        checkpointer.maybe_save(step, state, force=True)
+      if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
+        results = run_evals(step)
+        progress.message('eval @ %d: ' % step + ', '.join(
+            f'{k}={v:.4f}' for k, v in results.items() if not k.endswith('num_examples')))
+      if stop['requested']:
+        progress.message(f'SIGTERM: checkpoint saved at step {step}; exiting.')
+        break
+    if step >= total_steps and not results:  # Resumed a finished run: report again.
+      results = run_evals(step)
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    signal.signal(signal.SIGTERM, previous_handler)
+
+  # Final report: figures and a summary of the eval metrics.
+  if step >= total_steps:
+    figures = []
+    for evaluator in evals.values():
+      figures += evaluator.figures(state, workdir)
+    if is_main:
+      lines = [f'Final evaluation at step {step}:']
+      lines += [f'  {k:<32s} {v:.4f}' for k, v in sorted(results.items())]
+      lines += [f'Results in {os.path.abspath(workdir)}: metrics.jsonl, tensorboard/, '
+                'checkpoints/, config.json']
+      lines += [f'Figure: {p}' for p in figures]
+      progress.message('\n'.join(lines))
+  writer.close()
+  return results
+
+
+def parse_args(argv: Sequence[str]):
+  parser = argparse.ArgumentParser(
+      prog='python -m vision_jax.train', description=__doc__.split('\n\n')[0],
+      epilog='Override any config field with --config.<field>=<value>.')
+  parser.add_argument('--config', required=True,
+                      help='experiments/<area>/<name>.py[:key=value,...]')
+  parser.add_argument('--workdir', required=True, help='where logs and checkpoints go')
+  parser.add_argument('--coordinator_address', default=None)
+  parser.add_argument('--num_processes', type=int, default=None)
+  parser.add_argument('--process_id', type=int, default=None)
+  args, rest = parser.parse_known_args(argv)
+  overrides = {}
+  i = 0
+  while i < len(rest):
+    item = rest[i]
+    if not item.startswith('--config.'):
+      parser.error(f'unrecognized argument {item}')
+    field, eq, value = item[len('--config.'):].partition('=')
+    if not eq:
+      if i + 1 >= len(rest):
+        parser.error(f'--config.{field} needs a value')
+      value, i = rest[i + 1], i + 1
+    overrides[field] = value
+    i += 1
+  return args, overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    config = config_lib.load_config(args.config)
+    config_lib.apply_overrides(config, overrides)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                  args.process_id)
+  try:
+    train_and_evaluate(config, args.workdir)
+  except (config_lib.ConfigError, pipeline.DatasetNotFoundError,
+          checkpointing.CheckpointError, NonFiniteLossError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2 if isinstance(e, config_lib.ConfigError) else 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
