@@ -3,8 +3,11 @@
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# Fast CPU compiles: XLA's full LLVM optimisation costs seconds per random-number call
+# site and tiny test models gain nothing from it. Subprocesses inherit both flags.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+                           ' --xla_force_host_platform_device_count=8'
+                           ' --xla_backend_optimization_level=1').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top

@@ -20,12 +20,19 @@ class Checkpointer:
 
   Attributes:
     directory: where the step folders live.
+    every_steps: the save interval; the trainer also saves at the end and on SIGTERM.
   """
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
+    if jax.default_backend() == 'cpu':
+      # Replica-parallel saving slices each replicated array per device, compiling a
+      # slice per shape and device: slow with many (fake) CPU devices, and no gain there.
+      ocp.type_handlers.register_type_handler(
+          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.every_steps = max(1, every_steps)
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(1, every_steps), max_to_keep=keep, create=True,
+        max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -45,14 +52,13 @@ class Checkpointer:
           f'(corrupt, or saved by a different model/optimizer): {reason[:500]}. '
           f'Nothing was changed; move it away or use another --workdir.') from e
 
-  def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves when `step` is on the save interval (or `force`); all processes call it."""
-    if step == self.latest_step():
-      return False
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  def save(self, step: int, state: Any) -> None:
+    """Saves `state` as `step` (asynchronously); every process must call it."""
+    if step != self.latest_step():
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def should_save(self, step: int) -> bool:
-    return self._manager.should_save(step)
+    return step % self.every_steps == 0
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -60,8 +66,3 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
-
-def abstract_with_shardings(state: Any) -> Any:
-  """`jax.ShapeDtypeStruct`s carrying shardings, the restore target for Orbax."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

@@ -22,7 +22,6 @@ Conventions used throughout:
   `amount` may be traced.
 """
 
-import functools
 import math
 
 import jax
@@ -33,7 +32,7 @@ import numpy as np
 
 _CONVOLVE_MODES = ('full', 'same', 'valid')
 
-# scipy.ndimage boundary name -> jnp.pad mode.
+# scipy.ndimage boundary name -> numpy.pad mode.
 _PAD_MODES = {
     'reflect': 'symmetric',
     'mirror': 'reflect',
@@ -53,7 +52,6 @@ def _as_float(*arrays: ArrayLike) -> list[jax.Array]:
 # ----------------------------------------------------------------------------- 1D
 
 
-@functools.partial(jax.jit, static_argnames='mode')
 def convolve1d(a: ArrayLike, b: ArrayLike, mode: str = 'full') -> jax.Array:
   """Discrete 1D convolution, equal to `numpy.convolve(a, b, mode)`.
 
@@ -107,8 +105,8 @@ def moving_average(a: ArrayLike, r: int, mode: str = 'same') -> jax.Array:
 
   This is `convolve1d(a, box_kernel(2r + 1), mode)`, so the modes mean the same:
 
-    'same' (default): c has a's length and c[i] is the formula above at every i,
-        with a[j] = 0 outside the signal. Index i of the output lines up with
+    'same' (default): c has a's length (when N >= 2r + 1) and c[i] is the
+        formula at every i, with a[j] = 0 outside the signal. Index i lines up with
         index i of the input, but within r samples of either end the average
         includes those zeros and is pulled towards 0.
     'valid': only windows that lie fully inside the signal, length N − 2r;
@@ -209,14 +207,21 @@ def _pad(x: jax.Array, kernel_shape: tuple[int, int], boundary: str, cval: Array
   widths = [(0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)]
   if boundary == 'constant':
     return jnp.pad(x, widths, mode='constant', constant_values=cval)
-  return jnp.pad(x, widths, mode=_PAD_MODES[boundary])
+  # The other modes copy pixels: numpy.pad applied to the index vector 0 … n − 1
+  # says which input row (column) each padded row (column) is, and one gather
+  # per axis copies them.
+  for axis in (1, 2):
+    source = np.pad(np.arange(x.shape[axis]), widths[axis], mode=_PAD_MODES[boundary])
+    x = jnp.take(x, source, axis=axis)
+  return x
 
 
 def _depthwise_convolve_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """'valid' 2D convolution of every channel of an NHWC batch with one kernel."""
   channels = x.shape[-1]
   # Flip for convolution; one (kh, kw, 1) filter per channel, kept apart by
-  # feature_group_count.
+  # feature_group_count. HIGHEST precision keeps accelerators from rounding
+  # the products to bfloat16/TF32, so results match the float references.
   filters = jnp.broadcast_to(kernel[::-1, ::-1, None, None], (*kernel.shape, 1, channels))
   return lax.conv_general_dilated(
       x, filters, window_strides=(1, 1), padding='VALID',
@@ -225,7 +230,8 @@ def _depthwise_convolve_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
       precision=lax.Precision.HIGHEST)
 
 
-def separable_factors(kernel: ArrayLike, rtol: float | None = None) -> tuple[jax.Array, jax.Array] | None:
+def separable_factors(kernel: ArrayLike,
+                      rtol: float | None = None) -> tuple[jax.Array, jax.Array] | None:
   """Splits a rank-1 2D kernel into (k_row, k_col) with kernel = outer(k_col, k_row).
 
   A kernel is separable iff it has rank 1, i.e. its second singular value is
@@ -254,7 +260,6 @@ def separable_factors(kernel: ArrayLike, rtol: float | None = None) -> tuple[jax
   return jnp.asarray(scale * vt[0], dtype), jnp.asarray(scale * u[:, 0], dtype)
 
 
-@functools.partial(jax.jit, static_argnames='boundary')
 def convolve2d_separable(image: ArrayLike, k_row: ArrayLike, k_col: ArrayLike,
                          boundary: str = 'reflect', cval: ArrayLike = 0.0) -> jax.Array:
   """2D convolution with the separable kernel outer(k_col, k_row), in two 1D passes.
@@ -332,11 +337,6 @@ def convolve2d(image: ArrayLike, kernel: ArrayLike, boundary: str = 'reflect',
     if separable:
       reason = 'traced (pass its factors to convolve2d_separable)' if traced else 'not rank 1'
       raise ValueError(f'separable=True but the kernel is {reason}')
-  return _convolve2d_direct(image, kernel, boundary, cval)
-
-
-@functools.partial(jax.jit, static_argnames='boundary')
-def _convolve2d_direct(image: jax.Array, kernel: jax.Array, boundary: str, cval: ArrayLike) -> jax.Array:
   x = _pad(_to_nhwc(image), kernel.shape, boundary, cval)
   return _depthwise_convolve_valid(x, kernel).reshape(image.shape)
 

@@ -13,6 +13,8 @@ state, checkpoint, update step, evaluators, loop, final report.
 """
 
 import argparse
+import functools
+import itertools
 import math
 import os
 import signal
@@ -47,15 +49,45 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str, step: int) ->
     f.write(text)
 
 
-def _abstract_batch(dataset, global_batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-  return {name: jax.ShapeDtypeStruct((global_batch_size, *spec.shape[1:]),
-                                     spec.dtype.as_numpy_dtype)
-          for name, spec in dataset.element_spec.items()}
+def _abstract_batch(local_batch: dict[str, np.ndarray],
+                    global_batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  return {name: jax.ShapeDtypeStruct((global_batch_size, *x.shape[1:]), x.dtype)
+          for name, x in local_batch.items()}
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
   history = jax.device_get(history)
   return {f'train/{k}': float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def make_train_step(method, abstract_batch: dict[str, jax.ShapeDtypeStruct], mesh,
+                    seed: int):
+  """The state's abstract form and sharding, its jitted init and the jitted update step.
+
+  The state is replicated and batches are split along the mesh's `data` axis. Returns
+  `(abstract_state, state_sharding, init, train_step)`: `init()` creates the state
+  already sharded; `train_step(state, batch) -> (state, metrics)` is compiled once,
+  donates the state, and draws its randomness from `fold_in(key, step)`. The
+  benchmark times this same step.
+  """
+  init_key, train_key = jax.random.split(jax.random.key(seed))
+
+  def init_state(rng):
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_batch)
+    return method.init_state(rng, zeros)
+
+  abstract_state = jax.eval_shape(init_state, init_key)
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+  init = functools.partial(jax.jit(init_state, out_shardings=state_sharding), init_key)
+
+  def update(state, batch):
+    return method.update(state, batch, jax.random.fold_in(train_key, state.step))
+
+  train_step = jax.jit(
+      update, donate_argnums=0,
+      in_shardings=(state_sharding, parallel.data_sharded(mesh)),
+      out_shardings=(state_sharding, parallel.replicated(mesh)))
+  return abstract_state, state_sharding, init, train_step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -93,16 +125,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       builder, data.train_split, batch_size=local_batch_size, seed=config.seed,
       pp=data.pp_train, start_step=start_step, cache=data.get('cache', True),
       shuffle_buffer=data.get('shuffle_buffer', 50_000))
-  abstract_batch = _abstract_batch(train_ds, config.batch_size)
-  base_key = jax.random.key(config.seed)
-  init_key, train_key = jax.random.split(base_key)
-
-  def init(rng):
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_batch)
-    return method.init_state(rng, zeros)
-
-  abstract_state = jax.eval_shape(init, init_key)
-  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+  # Shapes come from the first batch: decoded image shapes are only known then.
+  train_iter = iter(tfds.as_numpy(train_ds))
+  first_batch = next(train_iter)
+  train_iter = itertools.chain([first_batch], train_iter)
+  abstract_batch = _abstract_batch(first_batch, config.batch_size)
+  # Update step: compiled once; the state is donated; randomness is fold_in(key, step).
+  abstract_state, state_sharding, init, train_step = make_train_step(
+      method, abstract_batch, mesh, config.seed)
 
   # Checkpoint: resume from the latest, or start afresh.
   if start_step:
@@ -110,18 +140,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                           abstract_state, state_sharding)
     state = checkpointer.restore(target, start_step)
   else:
-    state = jax.jit(init, out_shardings=state_sharding)(init_key)
+    state = init()
   if is_main:
     _write_config(config, workdir, start_step)
-
-  # Update step: compiled once; the state is donated; randomness is fold_in(key, step).
-  def train_step(state, batch):
-    return method.update(state, batch, jax.random.fold_in(train_key, state.step))
-
-  train_step = jax.jit(
-      train_step, donate_argnums=0,
-      in_shardings=(state_sharding, parallel.data_sharded(mesh)),
-      out_shardings=(state_sharding, parallel.replicated(mesh)))
 
   # Evaluators, by name: metrics are written as `<name>/<metric>`.
   evals = {name: evaluators.get_evaluator(method, eval_config, builder=builder, mesh=mesh)
@@ -142,11 +163,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   previous_handler = signal.signal(signal.SIGTERM, request_stop)
 
   def check_finite(step, metrics):
-    loss = float(parallel.fetch(metrics['loss']))
-    if not math.isfinite(loss):
+    # The loss is of the params before the step; param_norm covers the params after it.
+    values = parallel.fetch({k: metrics[k] for k in ('loss', 'param_norm') if k in metrics})
+    if not all(map(math.isfinite, values.values())):
       last = checkpointer.latest_step()
       raise NonFiniteLossError(
-          f'loss is {loss} at step {step}; stopping. The last good checkpoint '
+          f'non-finite training at step {step} (loss {values["loss"]}, param norm '
+          f'{values.get("param_norm")}); stopping. The last good checkpoint '
           + (f'(step {last}) is intact in {checkpointer.directory}' if last is not None
              else 'does not exist: none was saved before the failure'))
 
@@ -160,7 +183,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # The loop.
   step = start_step
   history, pending, results = [], None, {}
-  train_iter = iter(tfds.as_numpy(train_ds))
   try:
     while step < total_steps:
       batch = parallel.to_global(next(train_iter), mesh)
@@ -178,12 +200,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         check_finite(*pending)
         logged = _mean_metrics(history)
         history = []
-        logged['train/examples_per_sec'] = progress.update(
-            step, config.batch_size, {k: logged[k] for k in ('train/loss', 'train/lr')})
+        logged['train/examples_per_sec'] = progress.update(step, config.batch_size, {
+            k: logged[k] for k in ('train/loss', 'train/lr') if k in logged})
         writer.write(step, logged)
       if checkpointer.should_save(step) or last or stop['requested']:
         check_finite(*pending)
-        checkpointer.maybe_save(step, state, force=True)
+        checkpointer.save(step, state)
       if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
         results = run_evals(step)
         progress.message('eval @ %d: ' % step + ', '.join(
@@ -225,6 +247,12 @@ def parse_args(argv: Sequence[str]):
   parser.add_argument('--num_processes', type=int, default=None)
   parser.add_argument('--process_id', type=int, default=None)
   args, rest = parser.parse_known_args(argv)
+  return args, parse_config_overrides(rest, parser)
+
+
+def parse_config_overrides(rest: Sequence[str], parser: argparse.ArgumentParser
+                           ) -> dict[str, str]:
+  """`--config.a.b=v` or `--config.a.b v` arguments as `{'a.b': 'v'}`; others are errors."""
   overrides = {}
   i = 0
   while i < len(rest):
@@ -238,7 +266,7 @@ def parse_args(argv: Sequence[str]):
       value, i = rest[i + 1], i + 1
     overrides[field] = value
     i += 1
-  return args, overrides
+  return overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ def get_config(arg=None):
   config.model.pooling = 'max'
   config.model.dense_features = (128,)
   config.model.dropout_rate = 0.25
+  config.model.use_batchnorm = False
 
   config.optimizer.name = 'adamw'
   config.optimizer.weight_decay = 1e-4

@@ -6,3 +6,4 @@ Importing this package registers the embedded builders with TFDS, so
 
 # Registration happens on import of each builder module.
 from vision_jax.data import digits  # noqa: F401
+from vision_jax.data import fake_images  # noqa: F401

@@ -31,7 +31,7 @@ from vision_jax.data import preprocess
 tf.config.set_visible_devices([], 'GPU')
 
 MASK_KEY = '_mask'
-EMBEDDED_DATASETS = ('digits', 'scenes', 'scenes_video')
+EMBEDDED_DATASETS = ('digits', 'fake_images', 'scenes', 'scenes_video')
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -197,7 +197,12 @@ def train_dataset(builder, split: str, *, batch_size: int, seed: int, pp: str,
 
 
 def _drop_private(example):
-  return {k: v for k, v in example.items() if not k.startswith('_')}
+  """Keeps what can become a JAX array: drops pipeline-internal fields and strings
+  (e.g. ImageFolder's `image/filename`; text is tokenized by pp ops before this), and
+  narrows 64-bit values to JAX's default widths."""
+  narrow = {tf.int64: tf.int32, tf.float64: tf.float32}
+  return {k: tf.cast(v, narrow[v.dtype]) if v.dtype in narrow else v
+          for k, v in example.items() if not k.startswith('_') and v.dtype != tf.string}
 
 
 def eval_batches(builder, split: str, *, batch_size: int, pp: str,

@@ -1,6 +1,6 @@
 """Word-level vocabulary for the short English texts of the synthetic datasets.
 
-Captions, questions and answers are built from a few hundred words, so whole
+Captions, questions and answers use about a hundred distinct words, so whole
 words are the natural tokens. Python and TensorFlow tokenise identically: lower
 case, punctuation split off, whitespace separates the rest.
 
@@ -22,7 +22,7 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 
 # Written in the syntax shared by Python's `re` and TensorFlow's RE2.
 _PUNCTUATION = r"[^a-z0-9\s'-]"
-_CLOSING = frozenset('.,;:!?)')
+_CLOSING = frozenset('.,;:!?')
 
 
 def split_words(text: str) -> list[str]:
@@ -46,7 +46,10 @@ class Vocabulary:
   @classmethod
   def build(cls, texts: Iterable[str], min_count: int = 1) -> 'Vocabulary':
     """Most frequent words first; ties broken alphabetically so it is reproducible."""
-    counts = collections.Counter(w for t in texts for w in split_words(t))
+    counts = collections.Counter()
+    for t, repeats in collections.Counter(texts).items():  # templated texts repeat a lot
+      for w in split_words(t):
+        counts[w] += repeats
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return cls(w for w, c in ordered if c >= min_count)
 

@@ -24,6 +24,7 @@ class Evaluator(evaluators.Evaluator):
     self.class_names = method.data_info.class_names or tuple(map(str, range(self.num_classes)))
     self._sums = jax.jit(self._batch_sums, out_shardings=parallel.replicated(self.mesh))
     self._add = jax.jit(functools.partial(jax.tree.map, jnp.add))
+    self._predict = jax.jit(method.predict)
     self._last_confusion = None
 
   def _batch_sums(self, state, batch):
@@ -66,7 +67,7 @@ class Evaluator(evaluators.Evaluator):
       self.evaluate(state)
     paths = []
     batch = next(self.global_batches())
-    logits = self.method.predict(state, batch)
+    logits = self._predict(state, batch)
     if jax.process_index() == 0:
       count = min(self.config.get('num_figure_images', 32), int(batch[MASK_KEY].shape[0]))
       images = parallel.local_rows(batch['image'])[:count]

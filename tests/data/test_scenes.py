@@ -1,0 +1,348 @@
+"""`scenes` and `scenes_video`: annotations agree with pixels, texts are true, data is fixed."""
+
+import hashlib
+import os
+import re
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from vision_jax.data import scenes
+from vision_jax.data import scenes_video
+from vision_jax.data import text
+
+TINY = scenes.ScenesConfig(name='tiny', num_train=60, num_validation=20, num_test=20,
+                           held_out=('red circle', 'blue star', 'white square'))
+TINY_VIDEO = scenes_video.ScenesVideoConfig(name='tiny', num_train=30, num_validation=10,
+                                            num_test=10)
+
+
+def _prepare(builder_cls, config, data_dir):
+  builder = builder_cls(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare()
+  return builder
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  return _prepare(scenes.Scenes, TINY, tmp_path_factory.mktemp('scenes'))
+
+
+@pytest.fixture(scope='module')
+def examples(tiny):
+  return {split: list(tfds.as_numpy(tiny.as_dataset(split=split)))
+          for split in tiny.info.splits}
+
+
+def _all(examples):
+  return [ex for split in examples.values() for ex in split]
+
+
+# ---------------------------------------------------------------- reading the texts back
+
+def _alternatives(words):
+  return '|'.join(sorted(map(re.escape, words), key=len, reverse=True))
+
+
+_SIZE = {w: k for k, ws in scenes.SIZE_WORDS.items() for w in ws}
+_COLOR = {w: k for k, ws in scenes.COLOR_WORDS.items() for w in ws}
+_NOUN = {}  # word -> (shape or None for 'object', plural)
+for _shape, _words in list(scenes.SHAPE_WORDS.items()) + [(None, scenes.OBJECT_WORDS)]:
+  for _word in _words:
+    _NOUN[_word] = (_shape, False)
+    _NOUN[scenes.plural(_word)] = (_shape, True)
+_DETERMINERS = ('a', 'an') + scenes.NUMBER_WORDS
+_NP_PARTS = (rf'(?:({_alternatives(_DETERMINERS)}) )?(?:({_alternatives(_SIZE)}) )?'
+             rf'(?:({_alternatives(_COLOR)}) )?({_alternatives(_NOUN)})')
+NP = re.sub(r'\((?!\?)', '(?:', _NP_PARTS)  # the same pattern without groups
+_RELATION = {w: rel for rel, ws in scenes.RELATION_WORDS.items() for w in ws}
+REL = _alternatives(_RELATION)
+_LOCATION = {w: where for where, ws in scenes.LOCATION_WORDS.items() for w in ws}
+LOC = _alternatives(_LOCATION)
+
+
+def _objects(ex):
+  return [dict(shape=scenes.SHAPES[s], color=scenes.COLORS[c], size=scenes.SIZES[z],
+               cx=(box[1] + box[3]) / 2, cy=(box[0] + box[2]) / 2)
+          for box, s, c, z in zip(*(ex['objects'][k] for k in ('bbox', 'shape', 'color', 'size')))]
+
+
+def _phrase(text_):
+  det, size, color, noun = re.fullmatch(_NP_PARTS, text_).groups()
+  shape, is_plural = _NOUN[noun]
+  return dict(det=det, plural=is_plural,
+              attrs={k: v for k, v in (('size', _SIZE.get(size)), ('color', _COLOR.get(color)),
+                                       ('shape', shape)) if v})
+
+
+def _matching(objects, phrase):
+  attrs = _phrase(phrase)['attrs'] if isinstance(phrase, str) else phrase
+  return [o for o in objects if all(o[k] == v for k, v in attrs.items())]
+
+
+def _the(objects, phrase):
+  found = _matching(objects, phrase)
+  assert len(found) == 1, f'"the {phrase}" names {len(found)} objects'
+  return found[0]
+
+
+def _holds(rel, a, b):
+  margin = scenes.RELATION_MARGIN
+  return {'left': a['cx'] < b['cx'] - margin, 'right': a['cx'] > b['cx'] + margin,
+          'above': a['cy'] < b['cy'] - margin, 'below': a['cy'] > b['cy'] + margin}[rel]
+
+
+def _region(o):
+  third = lambda t, names: names[0] if t < 0.4 else names[2] if t > 0.6 else names[1]
+  return third(o['cy'], ('top', 'middle', 'bottom')), third(o['cx'], ('left', 'center', 'right'))
+
+
+def check_caption(caption, objects):
+  """Asserts that the caption is true of the objects; fails on a caption it cannot read."""
+  assert caption.endswith('.')
+  body = caption[:-1]
+  if m := re.fullmatch(rf'({NP}) (?:is )?({REL}) ({NP})|({REL}) ({NP}) there is ({NP})', body):
+    a, rel, b = m.group(1, 2, 3) if m.group(1) else m.group(6, 4, 5)
+    assert any(_holds(_RELATION[rel], x, y) for x in _matching(objects, a)
+               for y in _matching(objects, b) if x is not y), caption
+    return
+  if m := re.fullmatch(rf'({NP}) (?:is )?({LOC})|({LOC}) there is ({NP})', body):
+    a, where = m.group(1, 2) if m.group(1) else m.group(4, 3)
+    assert any(_region(o) == _LOCATION[where] for o in _matching(objects, a)), caption
+    return
+  body = re.sub(r'^(there is|there are|an image of|a picture with|a scene containing|'
+                r'a scene with|exactly) ', '', body)
+  body = re.sub(' in total$', '', body)
+  parts = re.split(', | and ', body)
+  assert all(re.fullmatch(NP, p) for p in parts), caption
+  phrases = [_phrase(p) for p in parts]
+  for part, phrase in zip(parts, phrases):
+    if phrase['det'] in ('a', 'an'):
+      assert _matching(objects, part), caption
+    else:  # a number: exactly that many
+      assert len(_matching(objects, part)) == scenes.NUMBER_WORDS.index(phrase['det']), caption
+  if all(p['det'] in ('a', 'an') for p in phrases):
+    assert len(phrases) == len(objects), f'{caption} does not list every object'
+  else:
+    assert sum(scenes.NUMBER_WORDS.index(p['det']) for p in phrases) == len(objects), caption
+
+
+def expected_answer(question, objects):
+  """The answer read off the objects, or an AssertionError for a question it cannot read."""
+  q = question
+  if m := re.fullmatch(rf'what color is the ({NP})\?|what is the color of the ({NP})\?|'
+                       rf'which color does the ({NP}) have\?', q):
+    return _the(objects, next(filter(None, m.groups())))['color']
+  if m := re.fullmatch(rf'what shape is the ({NP})\?|what is the shape of the ({NP})\?', q):
+    return _the(objects, next(filter(None, m.groups())))['shape']
+  if m := re.fullmatch(rf'what size is the ({NP})\?|how big is the ({NP})\?', q):
+    return _the(objects, next(filter(None, m.groups())))['size']
+  if m := re.fullmatch(rf'how many ({NP}) are (?:there|in the image)\?|'
+                       rf'what is the number of ({NP})\?', q):
+    return scenes.NUMBER_WORDS[len(_matching(objects, next(filter(None, m.groups()))))]
+  if m := re.fullmatch(rf'is there (?:a|an) ({NP})\?|are there any ({NP})\?', q):
+    return 'yes' if _matching(objects, next(filter(None, m.groups()))) else 'no'
+  if m := re.fullmatch(rf'is the ({NP}) (left or right of|above or below) the ({NP})\?', q):
+    a, b = _the(objects, m.group(1)), _the(objects, m.group(3))
+    options = ('left', 'right') if m.group(2).startswith('left') else ('above', 'below')
+    truths = [rel for rel in options if _holds(rel, a, b)]
+    assert len(truths) == 1, q
+    return truths[0]
+  if m := re.fullmatch(rf'is the ({NP}) ({REL}) the ({NP})\?', q):
+    a, b = _the(objects, m.group(1)), _the(objects, m.group(3))
+    rel = _RELATION[m.group(2)]
+    opposite = {'left': 'right', 'right': 'left', 'above': 'below', 'below': 'above'}[rel]
+    assert _holds(rel, a, b) or _holds(opposite, a, b), f'{q} is not clear-cut'
+    return 'yes' if _holds(rel, a, b) else 'no'
+  order = lambda o: scenes.SIZES.index(o['size'])
+  if m := re.fullmatch(rf'is the ({NP}) (bigger|larger|smaller) than the ({NP})\?', q):
+    a, b = _the(objects, m.group(1)), _the(objects, m.group(3))
+    bigger = order(a) > order(b) if m.group(2) != 'smaller' else order(a) < order(b)
+    return 'yes' if bigger else 'no'
+  if m := re.fullmatch(rf'are the ({NP}) and the ({NP}) the same size\?', q):
+    return 'yes' if order(_the(objects, m.group(1))) == order(_the(objects, m.group(2))) else 'no'
+  raise AssertionError(f'cannot read the question {q!r}')
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_builders_are_registered_with_their_configs():
+  assert {'single', 'multi', 'compositional', 'multi64'} <= {
+      c.name for c in scenes.Scenes.BUILDER_CONFIGS}
+  assert tfds.builder('scenes_video', data_dir='/nonexistent').info.features['label'].num_classes == 10
+  single = tfds.builder('scenes/single', data_dir='/nonexistent')
+  assert isinstance(single.info.features['label'], tfds.features.ClassLabel)
+  assert single.info.features['label'].names[:2] == ['red circle', 'red square']
+  assert set(single.builder_config.split_sizes()) == {'train', 'validation', 'test'}
+  assert tfds.builder('scenes/compositional', data_dir='/nonexistent').builder_config.split_sizes()[
+      'test_novel'] == 2000
+
+
+def test_features_and_splits(tiny, examples):
+  assert {k: v.num_examples for k, v in tiny.info.splits.items()} == {
+      'train': 60, 'validation': 20, 'test': 20, 'test_novel': 20}
+  ex = examples['train'][0]
+  assert ex['image'].shape == (32, 32, 3) and ex['image'].dtype == np.uint8
+  assert ex['segmentation'].shape == ex['instances'].shape == (32, 32, 1)
+  assert len(ex['captions']) == TINY.num_captions
+  assert len(ex['questions']) == len(ex['answers']) == TINY.num_questions
+  counts = [len(e['objects']['shape']) for e in _all(examples)]
+  assert min(counts) == 1 and max(counts) == 4
+
+
+def test_boxes_are_tight_boxes_of_the_visible_pixels(examples):
+  for ex in _all(examples):
+    instances = ex['instances'][..., 0]
+    assert instances.max() == len(ex['objects']['bbox'])  # every annotated object is visible
+    for i, box in enumerate(ex['objects']['bbox'], 1):
+      rows, cols = np.nonzero(instances == i)
+      tight = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]) / 32
+      np.testing.assert_allclose(box, tight, atol=1e-6)
+
+
+def test_segmentation_is_the_class_map_of_the_instances(examples):
+  for ex in _all(examples):
+    shape_of_instance = np.concatenate([[0], ex['objects']['shape'] + 1])
+    np.testing.assert_array_equal(ex['segmentation'], shape_of_instance[ex['instances']])
+
+
+def test_label_is_the_most_visible_object(examples):
+  for ex in _all(examples):
+    visible = np.bincount(ex['instances'].ravel())[1:]
+    main = np.argmax(visible)
+    assert ex['label'] == ex['objects']['color'][main] * 5 + ex['objects']['shape'][main]
+
+
+def test_a_hidden_object_is_left_out():
+  style = scenes.random_object_style(np.random.default_rng(0), 2, 32, [0, 1])
+  style['shape'][:] = [0, 1]  # a circle behind a square
+  style['radius'][:] = [3.5, 7.0]
+
+  class SameSpot:  # every layout try puts both at the centre
+    def uniform(self, low, high, shape):
+      return np.full(shape, 16.0)
+
+  sdfs, keep = scenes.place_objects(SameSpot(), style, 32)
+  assert keep.tolist() == [False, True] and len(sdfs) == 1
+
+
+def test_every_caption_is_true(examples):
+  for ex in _all(examples):
+    objects = _objects(ex)
+    for caption in ex['captions']:
+      check_caption(caption.decode(), objects)
+
+
+def test_every_answer_is_right(examples):
+  answers = set()
+  for ex in _all(examples):
+    objects = _objects(ex)
+    for question, answer in zip(ex['questions'], ex['answers']):
+      assert answer.decode() == expected_answer(question.decode(), objects), question
+      answers.add(answer.decode())
+  assert answers <= set(scenes.ANSWERS) and {'yes', 'no', 'left', 'zero'} <= answers
+
+
+def test_texts_vary():
+  texts = [t for i in range(40) for t in (lambda ex: ex['captions'] + ex['questions'])(
+      scenes.generate_example(TINY, 'train', i))]
+  assert len(set(texts)) > 0.8 * len(texts)
+  words = {w for t in texts for w in text.split_words(t)}
+  assert {'disc', 'box', 'violet', 'big', 'left', 'above', 'how', 'many'} <= words
+
+
+def test_splits_share_no_image(examples):
+  digests = [hashlib.sha1(ex['image'].tobytes()).digest() for ex in _all(examples)]
+  assert len(set(digests)) == len(digests)
+
+
+def test_held_out_pairs_appear_only_in_test_novel(examples):
+  held_out = {scenes.CLASS_NAMES.index(name) for name in TINY.held_out}
+  for split, exs in examples.items():
+    for ex in exs:
+      pairs = set(ex['objects']['color'] * 5 + ex['objects']['shape'])
+      assert pairs <= held_out if split == 'test_novel' else not pairs & held_out, split
+
+
+def test_vocabulary_in_metadata(tiny, examples):
+  root = os.path.dirname(os.path.dirname(os.path.dirname(tiny.data_dir)))  # root/scenes/tiny/1.0.0
+  vocab = scenes.vocabulary(tfds.builder('scenes', config=TINY, data_dir=root))  # read from disk
+  assert vocab.tokens[:4] == text.SPECIAL_TOKENS
+  for ex in examples['train'][:10]:
+    for t in list(ex['captions']) + list(ex['questions']) + list(ex['answers']):
+      t = t.decode()
+      ids = vocab.encode(t, max_len=40)
+      assert vocab.unk_id not in ids and vocab.decode(ids) == t
+
+
+def test_regeneration_gives_identical_bytes(tiny, tmp_path):
+  again = _prepare(scenes.Scenes, TINY, tmp_path)
+  files = sorted(f for f in os.listdir(tiny.data_dir) if 'tfrecord' in f or f == 'metadata.json')
+  assert len(files) == 5
+  for name in files:
+    with open(os.path.join(tiny.data_dir, name), 'rb') as a, \
+         open(os.path.join(again.data_dir, name), 'rb') as b:
+      assert a.read() == b.read(), name
+
+
+def test_workers_give_what_one_process_gives():
+  workers = scenes.Workers(count=2, chunk=8)
+  try:
+    parallel = list(workers.map(scenes.encoded_example, 30, TINY, 'validation'))
+  finally:
+    workers.close()
+  assert parallel == [scenes.encoded_example(TINY, 'validation', i) for i in range(30)]
+
+
+def test_rotation_is_counterclockwise():
+  # A triangle points up at angle 0; turned a quarter counterclockwise it points left.
+  # Centred on pixel (15, 15), its tip reaches 8 pixels out, its base 4.
+  up = scenes.object_sdf('triangle', 15.5, 15.5, 6.0, 0.0, 32)
+  left = scenes.object_sdf('triangle', 15.5, 15.5, 6.0, np.pi / 2, 32)
+  assert up[9, 15] < 0 < up[21, 15]
+  assert left[15, 9] < 0 < left[15, 21]
+
+
+@pytest.mark.parametrize('motion', scenes_video.MOTIONS)
+def test_motion_paths(motion):
+  path = scenes_video.motion_path(np.random.default_rng(1), motion, 16, 32)
+  cx, cy, radius, angle = (path[k] for k in ('cx', 'cy', 'radius', 'angle'))
+  steps = {k: np.diff(v) for k, v in path.items()}
+  moves = {k for k, d in steps.items() if np.abs(d).max() > 1e-4}
+  expected = {'moving left': {'cx'}, 'moving right': {'cx'}, 'moving up': {'cy'},
+              'moving down': {'cy'}, 'growing': {'radius'}, 'shrinking': {'radius'},
+              'rotating clockwise': {'angle'}, 'rotating counterclockwise': {'angle'},
+              'bouncing': {'cy'}, 'circling': {'cx', 'cy'}}[motion]
+  assert moves == expected
+  sign = {'moving left': ('cx', -1), 'moving right': ('cx', 1), 'moving up': ('cy', -1),
+          'moving down': ('cy', 1), 'growing': ('radius', 1), 'shrinking': ('radius', -1),
+          'rotating clockwise': ('angle', -1), 'rotating counterclockwise': ('angle', 1)}
+  if motion in sign:
+    key, direction = sign[motion]
+    assert (steps[key] * direction > 0).all()
+  if motion == 'bouncing':
+    assert (steps['cy'] > 0).any() and (steps['cy'] < 0).any()
+  reach = scenes.SHAPE_EXTENT * radius
+  assert (cx - reach >= 0).all() and (cx + reach <= 32).all()
+  assert (cy - reach >= 0).all() and (cy + reach <= 32).all()
+
+
+def test_video_clips(tmp_path):
+  builder = _prepare(scenes_video.ScenesVideo, TINY_VIDEO, tmp_path)
+  clips = list(tfds.as_numpy(builder.as_dataset(split='train')))
+  assert len(clips) == 30
+  for clip in clips:
+    assert clip['video'].shape == (16, 32, 32, 3) and clip['video'].dtype == np.uint8
+    change = np.abs(clip['video'].astype(int) - clip['video'][0]).max(axis=(1, 2, 3))
+    assert change.max() > 80  # the actor moves, beyond the pixel noise
+    assert clip['caption'].decode().endswith(scenes_video.MOTIONS[clip['label']])
+  assert 'bouncing' in scenes.vocabulary(builder).tokens
+
+
+def test_preview_writes_images(tmp_path):
+  scenes.main(['--config', 'single', '--out', str(tmp_path), '--num', '2'])
+  scenes.main(['--config', 'video', '--out', str(tmp_path), '--num', '2'])
+  assert sorted(os.listdir(tmp_path)) == [
+      'scenes_single_train.png', 'scenes_video_train.gif', 'scenes_video_train_frames.png']

@@ -1,0 +1,224 @@
+"""The trainer end to end on tiny configs: sharding equivalence, no recompiles, resume,
+SIGTERM, non-finite losses, corrupt checkpoints and a 2-process jax.distributed run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from vision_jax import checkpointing, config_lib, train
+from vision_jax.evaluators import classification as classification_evaluator
+from vision_jax.methods import base
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CNN_DIGITS = os.path.join(REPO, 'experiments/classification/cnn_digits.py')
+
+
+def tiny_config(data_dir, **overrides):
+  config = config_lib.load_config(CNN_DIGITS + ':local')
+  config_lib.apply_overrides(config, {
+      'data.data_dir': data_dir, 'model.features': '(8, 16)', 'model.dense_features': '(32,)',
+      **{k: str(v) for k, v in overrides.items()}})
+  return config
+
+
+def final_params(workdir):
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  step = max(int(s) for s in os.listdir(checkpoints) if s.isdigit())
+  path = os.path.join(checkpoints, str(step), 'default')
+  checkpointer = ocp.StandardCheckpointer()
+  # Host numpy arrays, whatever devices or processes saved the checkpoint.
+  saved = checkpointer.metadata(path).item_metadata.tree
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved)
+  return checkpointer.restore(path, target)['params']
+
+
+def launch(args, env_extra=None, **kwargs):
+  env = {**os.environ, 'PYTHONUNBUFFERED': '1', **(env_extra or {})}
+  return subprocess.Popen([sys.executable, '-m', 'vision_jax.train', *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_eight_devices_equal_one_device(tmp_path, data_dir):
+  # BatchNorm makes this check synchronised batch statistics too.
+  config = tiny_config(data_dir, **{'total_steps': 6, 'model.use_batchnorm': True,
+                                    'model.dropout_rate': 0.0})
+  one = train.train_and_evaluate(config, str(tmp_path / 'one'), num_devices=1)
+  eight = train.train_and_evaluate(config, str(tmp_path / 'eight'), num_devices=8)
+  chex.assert_trees_all_close(final_params(tmp_path / 'one'), final_params(tmp_path / 'eight'),
+                              rtol=2e-4, atol=2e-5)
+  assert one['eval/accuracy'] == pytest.approx(eight['eval/accuracy'], abs=1 / 360)
+
+
+def test_steps_compile_once_and_metrics_are_written(tmp_path, data_dir, monkeypatch):
+  monkeypatch.setattr(base.Method, 'update', chex.assert_max_traces(base.Method.update, n=1))
+  monkeypatch.setattr(classification_evaluator.Evaluator, '_batch_sums', chex.assert_max_traces(
+      classification_evaluator.Evaluator._batch_sums, n=1))
+  config = tiny_config(data_dir, total_steps=12, log_every_steps=3, eval_every_steps=4)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['eval/num_examples'] == 360
+  with open(tmp_path / 'metrics.jsonl') as f:
+    lines = [json.loads(line) for line in f]
+  assert [l['step'] for l in lines if 'train/loss' in l] == [3, 6, 9, 12]
+  assert [l['step'] for l in lines if 'eval/accuracy' in l] == [4, 8, 12]
+  assert {'train/grad_norm', 'train/lr', 'train/examples_per_sec'} <= set(lines[0])
+  assert os.listdir(tmp_path / 'tensorboard')
+  assert {'predictions.png', 'confusion_matrix.png', 'config.json'} <= set(os.listdir(tmp_path))
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, data_dir):
+  config = tiny_config(data_dir, total_steps=3, **{'model.dropout_rate': 0.0})
+  train.train_and_evaluate(config, str(tmp_path / 'full'))
+  config_lib.apply_overrides(config, {'grad_accum_steps': '4'})
+  train.train_and_evaluate(config, str(tmp_path / 'accum'))
+  chex.assert_trees_all_close(final_params(tmp_path / 'full'), final_params(tmp_path / 'accum'),
+                              rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_compute_trains(tmp_path, data_dir):
+  config = tiny_config(data_dir, total_steps=4, compute_dtype='bfloat16')
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(results['eval/loss'])
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(final_params(tmp_path)))
+
+
+def _wait_for_checkpoint(workdir, step, process, timeout=240):
+  deadline = time.time() + timeout
+  path = os.path.join(workdir, 'checkpoints', str(step))
+  while not os.path.isdir(path):  # Orbax renames a finished save into place.
+    assert process.poll() is None, process.stdout.read()
+    assert time.time() < deadline, 'no checkpoint appeared'
+    time.sleep(0.05)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
+  overrides = {'total_steps': 400, 'checkpoint_every_steps': 20, 'log_every_steps': 20,
+               'eval_every_steps': 0, 'keep_checkpoints': 2}
+  reference = train.train_and_evaluate(tiny_config(data_dir, **overrides),
+                                       str(tmp_path / 'reference'))
+  workdir = str(tmp_path / 'killed')
+  args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir] + [
+      f'--config.{k}={v}' for k, v in {
+          'data.data_dir': data_dir, 'model.features': '(8, 16)',
+          'model.dense_features': '(32,)', **overrides}.items()]
+  process = launch(args)
+  _wait_for_checkpoint(workdir, 40, process)
+  process.kill()
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+  assert 40 <= steps[-1] < 400, steps
+  process = launch(args)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, output
+  assert f'resumed from step {steps[-1]}' in output
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    final = [json.loads(line) for line in f][-1]
+  for name, value in reference.items():
+    assert final[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+  chex.assert_trees_all_close(final_params(workdir), final_params(tmp_path / 'reference'),
+                              rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
+  workdir = str(tmp_path)
+  process = launch(['--config', CNN_DIGITS + ':local', '--workdir', workdir,
+                    f'--config.data.data_dir={data_dir}', '--config.total_steps=100000',
+                    '--config.checkpoint_every_steps=20', '--config.log_every_steps=20'])
+  _wait_for_checkpoint(workdir, 20, process)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, output
+  assert 'SIGTERM: checkpoint saved at step' in output
+  saved = int(output.split('SIGTERM: checkpoint saved at step ')[1].split(';')[0])
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(saved)))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, capsys):
+  workdir = str(tmp_path)
+  args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir,
+          f'--config.data.data_dir={data_dir}', '--config.checkpoint_every_steps=2',
+          '--config.total_steps=6']
+  assert train.main(args) == 0
+  args += ['--config.total_steps=40', '--config.lr=1e30', '--config.schedule.warmup_steps=0']
+  assert train.main(args) == 1
+  error = capsys.readouterr().err
+  assert 'non-finite training at step' in error and 'is intact in' in error, error
+  last_good = final_params(workdir)
+  assert all(np.isfinite(p).all() for p in jax.tree.leaves(last_good))
+
+
+def _tree_bytes(root):
+  contents = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      with open(os.path.join(folder, name), 'rb') as f:
+        contents[os.path.relpath(os.path.join(folder, name), root)] = f.read()
+  return contents
+
+
+@pytest.mark.parametrize('damage', ['corrupt', 'incompatible'])
+def test_bad_checkpoint_is_a_clear_error_and_nothing_is_touched(tmp_path, data_dir, capsys,
+                                                               damage):
+  workdir = str(tmp_path)
+  args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir,
+          f'--config.data.data_dir={data_dir}', '--config.total_steps=4',
+          '--config.checkpoint_every_steps=2']
+  assert train.main(args) == 0
+  checkpoint = os.path.join(workdir, 'checkpoints', '4')
+  if damage == 'corrupt':
+    for folder, _, files in os.walk(checkpoint):
+      for name in files:
+        with open(os.path.join(folder, name), 'wb') as f:
+          f.write(b'\x00garbage')
+  else:
+    args += ['--config.model.features=(4, 4, 4)']
+  before = _tree_bytes(workdir)
+  assert train.main(args + ['--config.total_steps=8']) == 1
+  error = capsys.readouterr().err
+  assert f'checkpoint {checkpoint} cannot be restored' in error
+  assert error.count('\n') == 1
+  assert _tree_bytes(workdir) == before
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_process_distributed_run_matches_one_process(tmp_path, data_dir):
+  # Full-batch steps without random augmentation or dropout: every step sees the same
+  # examples whichever process reads them, so both runs must agree.
+  overrides = {'data.train_split': 'train[:1024]', 'batch_size': 1024, 'total_steps': 5,
+               'data.pp_train': 'decode|value_range(0, 1)', 'model.dropout_rate': 0.0,
+               'checkpoint_every_steps': 5, 'log_every_steps': 1}
+  reference = train.train_and_evaluate(tiny_config(data_dir, **overrides),
+                                       str(tmp_path / 'one'))
+  workdir = str(tmp_path / 'two')
+  port = _free_port()
+  args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir,
+          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2'] + [
+      f'--config.{k}={v}' for k, v in {'data.data_dir': data_dir, 'model.features': '(8, 16)',
+                                      'model.dense_features': '(32,)', **overrides}.items()]
+  env = {'XLA_FLAGS': os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=4')}
+  processes = [launch(args + [f'--process_id={i}'], env) for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs
+  assert 'over 8 devices in 2 process(es)' in outputs[0]
+  assert outputs[1].strip() == '' or 'Final evaluation' not in outputs[1]  # Only process 0 logs.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    final = [json.loads(line) for line in f][-1]
+  for name, value in reference.items():
+    assert final[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+  chex.assert_trees_all_close(final_params(workdir), final_params(tmp_path / 'one'),
+                              rtol=1e-4, atol=1e-5)

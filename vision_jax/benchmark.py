@@ -1,0 +1,174 @@
+r"""Times the trainer's compiled training step on synthetic batches.
+
+  python -m vision_jax.benchmark \
+      --config experiments/classification/resnet_cifar10.py [--batch_size N] \
+      [--steps N] [--warmup N] [--torch] [--config.<field>=<value> ...]
+
+The step is the one `vision_jax.train` runs (`train.make_train_step`: the same jitted,
+sharded, state-donating update over every device), fed a random batch of the config's
+`data.input_shape` and `data.num_classes`, so no dataset is needed. After `--warmup`
+steps, each of `--steps` steps is timed on its own and the median is reported as
+ms/step and examples/s, with the compile time and the FLOP/s achieved by the step's
+XLA-counted FLOPs (multiply-add = 2). `--torch` also times a PyTorch eager twin of the
+model (`vision_jax/benchmark_torch.py`: same layers, batch and optimizer, channels-last)
+in the same process, one thread per core.
+
+XLA's CPU flags used here are in `CPU_XLA_FLAGS`; see BENCHMARKS.md for their effect.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from vision_jax import config_lib, parallel, train
+from vision_jax.data import pipeline
+from vision_jax.methods import get_method_class
+
+# XLA flags for CPU training steps; see BENCHMARKS.md for what each one gains.
+CPU_XLA_FLAGS: tuple[str, ...] = ()
+
+
+def set_xla_flags(flags: Sequence[str]) -> None:
+  """Adds `flags` to XLA_FLAGS unless already there; XLA reads them when JAX first
+  starts its backend, so this only works before the first computation."""
+  current = os.environ.get('XLA_FLAGS', '')
+  missing = [f for f in flags if f.split('=')[0] not in current]
+  os.environ['XLA_FLAGS'] = ' '.join([current, *missing]).strip()
+
+
+# The learning-rate schedule is built for a nominal run; it does not change a step's cost.
+_NOMINAL_STEPS_PER_EPOCH = 100
+
+
+def synthetic_info(config) -> pipeline.DatasetInfo:
+  num_classes = config.data.get('num_classes')
+  if not num_classes or config.data.get('input_shape') is None:
+    raise config_lib.ConfigError(
+        'the config does not set data.input_shape and data.num_classes, which the '
+        'benchmark needs to make synthetic batches')
+  return pipeline.DatasetInfo(name='synthetic', num_examples={}, num_classes=num_classes,
+                              class_names=None)
+
+
+def _time_steps(step: Callable[[], Any], steps: int, warmup: int) -> dict[str, float]:
+  """Median and fastest ms/step; the fastest is the better guide on a shared machine."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return {'ms_per_step': 1e3 * statistics.median(times), 'min_ms_per_step': 1e3 * min(times)}
+
+
+def time_jax(config, *, steps: int, warmup: int) -> dict[str, float]:
+  """Compiles and times the trainer's step; returns ms/step, compile s and FLOPs/step."""
+  mesh = parallel.make_mesh()
+  info = synthetic_info(config)
+  batch_size = config.batch_size
+  shape = (batch_size, *config.data.input_shape)
+  total_steps = config_lib.steps(config, 'total', _NOMINAL_STEPS_PER_EPOCH) or 10_000
+  method = get_method_class(config.method)(
+      config, info, total_steps=total_steps, steps_per_epoch=_NOMINAL_STEPS_PER_EPOCH)
+  rng = np.random.default_rng(config.seed)
+  local = {'image': rng.standard_normal(shape, np.float32),
+           'label': rng.integers(0, info.num_classes, batch_size, dtype=np.int32)}
+  batch = parallel.to_global(local, mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in local.items()}
+  abstract_state, state_sharding, init, train_step = train.make_train_step(
+      method, abstract_batch, mesh, config.seed)
+
+  start = time.perf_counter()
+  compiled = train_step.lower(
+      jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                   abstract_state, state_sharding), batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The cost is of one device's partition of the step.
+  flops = float(cost.get('flops', 0.0)) * mesh.devices.size if cost else 0.0
+
+  state = {'state': init()}
+  def step():
+    state['state'], metrics = compiled(state['state'], batch)
+    jax.block_until_ready(metrics['loss'])
+
+  return {**_time_steps(step, steps, warmup), 'compile_s': compile_s,
+          'flops_per_step': flops}
+
+
+def time_torch(config, *, steps: int, warmup: int) -> dict[str, float] | None:
+  """The PyTorch twin's eager step; None (with a message) when PyTorch is missing."""
+  try:
+    from vision_jax import benchmark_torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print('PyTorch is not installed: `pip install torch` to compare (it is optional).')
+    return None
+  step = benchmark_torch.make_train_step(
+      config, tuple(config.data.input_shape), config.data.num_classes, config.batch_size)
+  return _time_steps(step, steps, warmup)
+
+
+def _report(name: str, result: dict[str, float], batch_size: int, flops: float) -> str:
+  ms = result['ms_per_step']
+  line = (f'{name:<6s} {batch_size / ms * 1e3:9.1f} ex/s  {ms:9.2f} ms/step '
+          f'(min {result["min_ms_per_step"]:.2f})  {flops / ms * 1e-6:7.2f} GFLOP/s')
+  if 'compile_s' in result:
+    line += f'  compile {result["compile_s"]:.1f} s'
+  return line
+
+
+def parse_args(argv: Sequence[str]):
+  parser = argparse.ArgumentParser(
+      prog='python -m vision_jax.benchmark', description=__doc__.split('\n\n')[0],
+      epilog='Override any config field with --config.<field>=<value>.')
+  parser.add_argument('--config', required=True,
+                      help='experiments/<area>/<name>.py[:key=value,...]')
+  parser.add_argument('--batch_size', type=int, default=None,
+                      help="global batch size (default: the config's)")
+  parser.add_argument('--steps', type=int, default=20, help='timed steps')
+  parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compiling')
+  parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin')
+  args, rest = parser.parse_known_args(argv)
+  return args, train.parse_config_overrides(rest, parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    config = config_lib.load_config(args.config)
+    if args.batch_size:
+      overrides['batch_size'] = str(args.batch_size)
+    config_lib.apply_overrides(config, overrides)
+    result = time_jax(config, steps=args.steps, warmup=args.warmup)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  devices = jax.devices()
+  print(f'{args.config}: {config.model.name} {dict(config.model)}, batch {config.batch_size} '
+        f'of {tuple(config.data.input_shape)}, {config.compute_dtype}')
+  print(f'{len(devices)} {devices[0].platform} device(s), {len(os.sched_getaffinity(0))} '
+        f'cores; median of {args.steps} steps after {args.warmup} warm-up steps; '
+        f'{result["flops_per_step"] / 1e9:.2f} GFLOP per step (XLA cost analysis)')
+  lines = [_report('jax', result, config.batch_size, result['flops_per_step'])]
+  if args.torch:
+    torch_result = time_torch(config, steps=args.steps, warmup=args.warmup)
+    if torch_result:
+      lines.append(_report('torch', torch_result, config.batch_size,
+                           result['flops_per_step']))
+      lines.append(f'jax / torch speed: '
+                   f'{torch_result["ms_per_step"] / result["ms_per_step"]:.2f}x')
+  print('\n'.join(lines))
+  return 0
+
+
+if __name__ == '__main__':
+  set_xla_flags(CPU_XLA_FLAGS)
+  sys.exit(main())

@@ -1,0 +1,85 @@
+"""LeNet-style CNNs: stages of convolutions and 2x2 pooling, then dense layers."""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+POOLINGS = ('max', 'avg', 'none')
+
+
+def pool_2x2(x: jnp.ndarray, pooling: str) -> jnp.ndarray:
+  """2x2 pooling with stride 2 ('VALID': an odd last row or column is dropped).
+
+  The windows do not overlap, so they are a reshape away. This is much faster
+  on CPU than `nn.max_pool`, whose gradient (XLA's select-and-scatter) is slow
+  there; the reduction's own gradient is a cheap elementwise mask.
+  """
+  if pooling == 'none':
+    return x
+  n, h, w, c = x.shape
+  windows = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+  if pooling == 'max':
+    return windows.max(axis=(2, 4))
+  return windows.mean(axis=(2, 4))
+
+
+class Model(nn.Module):
+  """A LeNet-style CNN: conv stages with 2x2 pooling, then a dense classifier.
+
+  Each stage is `convs_per_stage` convolutions ('SAME' padding, ReLU, optional
+  BatchNorm before the ReLU) followed by 2x2 pooling with stride 2. The last
+  feature map is flattened, as in LeNet, so the first dense layer's size
+  depends on the image size.
+
+  Attributes:
+    features: channels of the convolutions of each stage.
+    kernel_size: side of the square convolution kernels, e.g. 3 or 5.
+    convs_per_stage: convolutions in each stage before its pooling.
+    pooling: 'max' or 'avg' for 2x2 pooling with stride 2 after each stage, or
+      'none' to keep the resolution.
+    dense_features: widths of the hidden dense layers.
+    dropout_rate: dropout after each hidden dense layer, only when training
+      (needs `rngs={'dropout': key}` in `apply`).
+    use_batchnorm: BatchNorm after each convolution; its statistics live in
+      the `batch_stats` collection.
+    num_classes: size of the logits.
+    dtype: compute dtype, e.g. jnp.bfloat16; parameters stay float32 and the
+      logits are returned in float32.
+  """
+  features: Sequence[int] = (32, 64)
+  kernel_size: int = 3
+  convs_per_stage: int = 1
+  pooling: str = 'max'
+  dense_features: Sequence[int] = (128,)
+  dropout_rate: float = 0.0
+  use_batchnorm: bool = False
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    if self.pooling not in POOLINGS:
+      raise ValueError(
+          f'pooling must be one of {POOLINGS}, got {self.pooling!r}.')
+    for stage, width in enumerate(self.features):
+      for i in range(self.convs_per_stage):
+        name = f'stage{stage + 1}_conv{i + 1}'
+        # BatchNorm's bias makes a convolution bias redundant.
+        x = nn.Conv(width, (self.kernel_size, self.kernel_size),
+                    use_bias=not self.use_batchnorm, dtype=self.dtype,
+                    name=name)(x)
+        if self.use_batchnorm:
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                           epsilon=1e-5, dtype=self.dtype,
+                           name=f'stage{stage + 1}_bn{i + 1}')(x)
+        x = nn.relu(x)
+      x = pool_2x2(x, self.pooling)
+
+    x = x.reshape(x.shape[0], -1)
+    for i, width in enumerate(self.dense_features):
+      x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f'dense{i + 1}')(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+    # Float32 logits keep the softmax and the loss at full precision.
+    return x.astype(jnp.float32)
