@@ -12,7 +12,6 @@ import time
 import chex
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from vision_jax import checkpointing, config_lib, train
@@ -32,14 +31,7 @@ def tiny_config(data_dir, **overrides):
 
 
 def final_params(workdir):
-  checkpoints = os.path.join(workdir, 'checkpoints')
-  step = max(int(s) for s in os.listdir(checkpoints) if s.isdigit())
-  path = os.path.join(checkpoints, str(step), 'default')
-  checkpointer = ocp.StandardCheckpointer()
-  # Host numpy arrays, whatever devices or processes saved the checkpoint.
-  saved = checkpointer.metadata(path).item_metadata.tree
-  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved)
-  return checkpointer.restore(path, target)['params']
+  return checkpointing.read_latest(workdir)['params']
 
 
 def launch(args, env_extra=None, **kwargs):
@@ -222,3 +214,17 @@ def test_two_process_distributed_run_matches_one_process(tmp_path, data_dir):
     assert final[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
   chex.assert_trees_all_close(final_params(workdir), final_params(tmp_path / 'one'),
                               rtol=1e-4, atol=1e-5)
+
+
+def test_classifier_trains_on_scenes_single_with_only_a_config_change(tmp_path, monkeypatch):
+  from vision_jax.data import scenes  # pylint: disable=g-import-not-at-top
+  # The real `single` config, shrunk so the test prepares it in seconds.
+  tiny = scenes.ScenesConfig(name='single', max_objects=1, num_train=256, num_validation=32,
+                             num_test=64)
+  monkeypatch.setattr(scenes.Scenes, 'BUILDER_CONFIGS', [tiny])
+  assert train.main(['--config', CNN_DIGITS + ':local', '--workdir', str(tmp_path / 'run'),
+                     '--config.data.name=scenes/single',
+                     f'--config.data.data_dir={tmp_path / "data"}']) == 0
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    final = [json.loads(line) for line in f][-1]
+  assert final['eval/num_examples'] == 64

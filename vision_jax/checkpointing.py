@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -66,3 +67,21 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
+
+
+def read_latest(workdir: str) -> dict[str, Any]:
+  """The latest saved state of a run as host numpy arrays, e.g. `read_latest(w)['params']`.
+
+  Independent of the devices and processes that saved it: for analysis and research code.
+  """
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  steps = [int(s) for s in os.listdir(directory) if s.isdigit()] if os.path.isdir(directory) else []
+  if not steps:
+    raise CheckpointError(f'no checkpoint in {directory}')
+  path = os.path.join(directory, str(max(steps)), 'default')
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    saved = checkpointer.metadata(path).item_metadata.tree
+    return checkpointer.restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved))
+  except Exception as e:  # Orbax raises many types for corrupt checkpoints.
+    raise CheckpointError(f'checkpoint {path} cannot be read: {e}') from e

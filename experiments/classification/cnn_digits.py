@@ -3,10 +3,10 @@ r"""A small CNN on `digits` (scikit-learn's real 8x8 handwritten digits).
   python -m vision_jax.train --config experiments/classification/cnn_digits.py \
       --workdir /tmp/cnn_digits
 
-Reaches about 98% test accuracy in under a minute on 2 CPU cores. `:local` is a
-seconds-long smoke run. Any classification dataset works with a config change, e.g.
+Reaches about 99% test accuracy in under a minute on 2 CPU cores. `:local` is a
+seconds-long smoke run. Any classification dataset works with only a config change, e.g.
 `--config.data.name=scenes/single` or `--config.data.name=folder:/data/my_digits`
-(add `|resize(8)` to the pp strings for other image sizes).
+(images of mixed sizes need a `resize(...)` op in the pp strings).
 """
 
 from vision_jax import config_lib
@@ -22,8 +22,10 @@ def get_config(arg=None):
   config.checkpoint_every_steps = 200
 
   config.data.name = 'digits'
-  config.data.pp_train = 'decode|value_range(0, 1)|random_crop(8, pad=1)'
-  config.data.pp_eval = 'decode|value_range(0, 1)'
+  # Size-agnostic ops, so the same config trains on other datasets unchanged.
+  keep = '|keep("image", "label")'
+  config.data.pp_train = 'decode|random_crop(pad=1)|value_range(0, 1)' + keep
+  config.data.pp_eval = 'decode|value_range(0, 1)' + keep
 
   config.model.name = 'cnn'
   config.model.features = (32, 64)

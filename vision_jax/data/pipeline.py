@@ -198,11 +198,19 @@ def train_dataset(builder, split: str, *, batch_size: int, seed: int, pp: str,
 
 def _drop_private(example):
   """Keeps what can become a JAX array: drops pipeline-internal fields and strings
-  (e.g. ImageFolder's `image/filename`; text is tokenized by pp ops before this), and
-  narrows 64-bit values to JAX's default widths."""
+  (e.g. ImageFolder's `image/filename`; text is tokenized by pp ops before this),
+  flattens nested features to `parent/child` names, and narrows 64-bit values to JAX's
+  default widths."""
   narrow = {tf.int64: tf.int32, tf.float64: tf.float32}
-  return {k: tf.cast(v, narrow[v.dtype]) if v.dtype in narrow else v
-          for k, v in example.items() if not k.startswith('_') and v.dtype != tf.string}
+  flat = {}
+  for key, value in example.items():
+    if key.startswith('_'):
+      continue
+    if isinstance(value, dict):
+      flat.update(_drop_private({f'{key}/{k}': v for k, v in value.items()}))
+    elif value.dtype != tf.string:
+      flat[key] = tf.cast(value, narrow[value.dtype]) if value.dtype in narrow else value
+  return flat
 
 
 def eval_batches(builder, split: str, *, batch_size: int, pp: str,

@@ -125,15 +125,19 @@ def central_crop(size, key: str = 'image') -> Op:
 
 
 @register('random_crop')
-def random_crop(size, pad: int = 0, key: str = 'image') -> Op:
-  """Zero-pads by `pad` pixels on each side, then crops `size` at random."""
-  size = (size, size) if isinstance(size, int) else tuple(size)
+def random_crop(size=None, pad: int = 0, key: str = 'image') -> Op:
+  """Zero-pads by `pad` pixels on each side, then crops `size` (default: the input's
+  own size, i.e. a random translation by up to `pad` pixels) at random."""
+  size = (size, size) if isinstance(size, int) else size
   def op(example):
     image = example[key]
+    static_shape = image.shape if size is None else (*size, image.shape[-1])
+    crop = tf.shape(image)[:2] if size is None else tf.constant(size, tf.int32)
     if pad:
       image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    example[key] = tf.image.stateless_random_crop(
-        image, (*size, tf.shape(image)[-1]), seed=_next_seed(example))
+    cropped = tf.image.stateless_random_crop(
+        image, tf.concat([crop, tf.shape(image)[-1:]], 0), seed=_next_seed(example))
+    example[key] = tf.ensure_shape(cropped, static_shape)
     return example
   return op
 

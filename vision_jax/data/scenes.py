@@ -382,18 +382,17 @@ def _caption_list(rand, objects):
 def _caption_count(rand, objects):
   n = len(objects)
   noun = rand.choice(OBJECT_WORDS)
-  noun = noun if n == 1 else plural(noun)
+  count = f'{NUMBER_WORDS[n]} {noun if n == 1 else plural(noun)}'
   verb = 'is' if n == 1 else 'are'
-  return rand.choice((f'there {verb} {{}} {{}}.', '{} {} in total.', 'a scene with {} {}.',
-                      'exactly {} {}.')).format(NUMBER_WORDS[n], noun)
+  return rand.choice((f'there {verb} {count}.', f'{count} in total.', f'a scene with {count}.',
+                      f'exactly {count}.'))
 
 
 def _caption_count_by(rand, objects):
   key = rand.choice(('shape', 'color'))
   counts = collections.Counter(getattr(o, key) for o in objects)
   examples = {getattr(o, key): o for o in objects}
-  attributes = ('shape',) if key == 'shape' else ('color',)
-  parts = [f'{NUMBER_WORDS[counts[v]]} {_describe(rand, examples[v], attributes, counts[v])}'
+  parts = [f'{NUMBER_WORDS[counts[v]]} {_describe(rand, examples[v], (key,), counts[v])}'
            for v in rand.sample(sorted(counts), len(counts))]
   return _join(parts) + '.'
 

@@ -2,8 +2,9 @@
 
 This is version 1.5: the bottleneck block strides in its 3x3 convolution rather
 than in the first 1x1, as torchvision and most published ImageNet results do.
-Padding is explicit and symmetric, as in PyTorch, so that shapes and parameter
-counts match torchvision's exactly and its weights would port one to one.
+Parameter counts equal torchvision's, and padding is explicit and symmetric as
+in PyTorch, so every layer has torchvision's shapes and its weights map one to
+one onto these layers.
 """
 
 from typing import Any
