@@ -64,7 +64,13 @@ def test_steps_compile_once_and_metrics_are_written(tmp_path, data_dir, monkeypa
   assert [l['step'] for l in lines if 'eval/accuracy' in l] == [4, 8, 12]
   assert {'train/grad_norm', 'train/lr', 'train/examples_per_sec'} <= set(lines[0])
   assert os.listdir(tmp_path / 'tensorboard')
-  assert {'predictions.png', 'confusion_matrix.png', 'config.json'} <= set(os.listdir(tmp_path))
+  assert {'predictions.png', 'confusion_matrix.png', 'per_class_accuracy.json',
+          'config.json'} <= set(os.listdir(tmp_path))
+  with open(tmp_path / 'per_class_accuracy.json') as f:
+    per_class = json.load(f)
+  assert sorted(per_class) == [str(i) for i in range(10)]
+  assert np.mean(list(per_class.values())) == pytest.approx(
+      results['eval/mean_per_class_accuracy'], abs=1e-6)
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path, data_dir):

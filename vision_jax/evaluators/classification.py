@@ -1,10 +1,11 @@
 """Classification evaluator: loss, top-1, top-5, per-class accuracy, confusion matrix.
 
-Figures: `predictions.png` (test images with predicted labels) and
-`confusion_matrix.png`.
+Figures: `predictions.png` (test images with predicted labels),
+`confusion_matrix.png` and `per_class_accuracy.json`.
 """
 
 import functools
+import json
 import os
 
 import jax
@@ -83,5 +84,9 @@ class Evaluator(evaluators.Evaluator):
       paths.append(path)
       path = os.path.join(outdir, 'confusion_matrix.png')
       plotting.confusion_matrix(self._last_confusion, self.class_names, path)
+      paths.append(path)
+      path = os.path.join(outdir, 'per_class_accuracy.json')
+      with open(path, 'w', encoding='utf-8') as f:
+        json.dump(self.per_class_accuracy(), f, indent=1)
       paths.append(path)
     return paths
