@@ -60,3 +60,31 @@ def confusion_matrix(counts: np.ndarray, class_names: Sequence[str], path: str) 
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def class_pixel_probabilities(probabilities: np.ndarray, class_names, class_counts,
+                              path: str, *, max_classes: int = 100,
+                              columns: int | None = None) -> None:
+  """One panel per class: P(pixel on | class) on a fixed 0..1 scale, so panels compare."""
+  count = min(len(probabilities), max_classes)
+  columns = min(columns or (5 if count <= 10 else 10), count)
+  rows = math.ceil(count / columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns + 1.2, 1.7 * rows + 0.6),
+                           squeeze=False, layout='constrained')
+  shown = None
+  for i, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if i >= count:
+      continue
+    image = probabilities[i]
+    if image.shape[-1] == 3:  # Colour: each channel's probability as that channel.
+      shown = ax.imshow(image, interpolation='nearest')
+    else:
+      shown = ax.imshow(image.mean(-1), cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+    ax.set_title(f'{class_names[i]} (n={int(class_counts[i])})', fontsize=8)
+  if shown is not None and probabilities.shape[-1] != 3:
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label='P(pixel on | class)')
+  more = f' (first {count} of {len(probabilities)} classes)' if count < len(probabilities) else ''
+  fig.suptitle('Bernoulli Naive Bayes: per-class pixel probabilities' + more, fontsize=10)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

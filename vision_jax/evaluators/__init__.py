@@ -28,11 +28,11 @@ class Evaluator:
     self.config = config
     self.mesh = mesh
     self._builder = builder
-    self._local_batch_size = parallel.local_batch_size(config.batch_size, mesh)
 
   def global_batches(self) -> Iterator[dict]:
+    local_batch_size = parallel.local_batch_size(self.config.batch_size, self.mesh)
     for batch in pipeline.eval_batches(
-        self._builder, self.config.split, batch_size=self._local_batch_size,
+        self._builder, self.config.split, batch_size=local_batch_size,
         pp=self.config.pp, cache=self.config.get('cache', True)):
       yield parallel.to_global(batch, self.mesh)
 
