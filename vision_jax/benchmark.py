@@ -13,7 +13,11 @@ XLA-counted FLOPs (multiply-add = 2). `--torch` also times a PyTorch eager twin 
 model (`vision_jax/benchmark_torch.py`: same layers, batch and optimizer, channels-last)
 in the same process, one thread per core.
 
-XLA's CPU flags used here are in `CPU_XLA_FLAGS`; see BENCHMARKS.md for their effect.
+On a CPU the host is split into one JAX device per core (`--cpu_devices`, the largest
+divisor of the batch size up to the core count), so the data-parallel step runs a shard
+of the batch per core: 15-20% faster than one device on 2 cores (see BENCHMARKS.md,
+which also lists the XLA flags that were measured and did not help). The trainer gets
+the same with `XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`.
 """
 
 import argparse
@@ -30,16 +34,17 @@ from vision_jax import config_lib, parallel, train
 from vision_jax.data import pipeline
 from vision_jax.methods import get_method_class
 
-# XLA flags for CPU training steps; see BENCHMARKS.md for what each one gains.
-CPU_XLA_FLAGS: tuple[str, ...] = ()
 
+def use_cpu_devices(count: int) -> None:
+  """Splits the host CPU into `count` JAX devices, unless JAX has already started.
 
-def set_xla_flags(flags: Sequence[str]) -> None:
-  """Adds `flags` to XLA_FLAGS unless already there; XLA reads them when JAX first
-  starts its backend, so this only works before the first computation."""
-  current = os.environ.get('XLA_FLAGS', '')
-  missing = [f for f in flags if f.split('=')[0] not in current]
-  os.environ['XLA_FLAGS'] = ' '.join([current, *missing]).strip()
+  On a CPU the trainer's data-parallel step then runs one shard of the batch per core,
+  which beats one device whose convolutions are split across cores (BENCHMARKS.md).
+  """
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:
+    pass  # The backend is up (e.g. under pytest): its devices stay.
 
 
 # The learning-rate schedule is built for a nominal run; it does not change a step's cost.
@@ -136,8 +141,15 @@ def parse_args(argv: Sequence[str]):
   parser.add_argument('--steps', type=int, default=20, help='timed steps')
   parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compiling')
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin')
+  parser.add_argument('--cpu_devices', type=int, default=None,
+                      help='JAX devices on a CPU host (default: one per core, see above)')
   args, rest = parser.parse_known_args(argv)
   return args, train.parse_config_overrides(rest, parser)
+
+
+def _default_cpu_devices(batch_size: int) -> int:
+  cores = len(os.sched_getaffinity(0))
+  return max(d for d in range(1, cores + 1) if batch_size % d == 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size:
       overrides['batch_size'] = str(args.batch_size)
     config_lib.apply_overrides(config, overrides)
+    if args.cpu_devices or 'xla_force_host_platform_device_count' not in os.environ.get(
+        'XLA_FLAGS', ''):
+      use_cpu_devices(args.cpu_devices or _default_cpu_devices(config.batch_size))
     result = time_jax(config, steps=args.steps, warmup=args.warmup)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -157,18 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f'{len(devices)} {devices[0].platform} device(s), {len(os.sched_getaffinity(0))} '
         f'cores; median of {args.steps} steps after {args.warmup} warm-up steps; '
         f'{result["flops_per_step"] / 1e9:.2f} GFLOP per step (XLA cost analysis)')
-  lines = [_report('jax', result, config.batch_size, result['flops_per_step'])]
+  print(_report('jax', result, config.batch_size, result['flops_per_step']), flush=True)
   if args.torch:
     torch_result = time_torch(config, steps=args.steps, warmup=args.warmup)
     if torch_result:
-      lines.append(_report('torch', torch_result, config.batch_size,
-                           result['flops_per_step']))
-      lines.append(f'jax / torch speed: '
-                   f'{torch_result["ms_per_step"] / result["ms_per_step"]:.2f}x')
-  print('\n'.join(lines))
+      print(_report('torch', torch_result, config.batch_size, result['flops_per_step']))
+      print(f'jax / torch speed: {torch_result["ms_per_step"] / result["ms_per_step"]:.2f}x')
   return 0
 
 
 if __name__ == '__main__':
-  set_xla_flags(CPU_XLA_FLAGS)
   sys.exit(main())

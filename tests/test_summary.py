@@ -1,0 +1,57 @@
+"""`python -m vision_jax.summary`: parameter counts, shapes and FLOPs without any data."""
+
+import os
+
+import pytest
+
+from vision_jax import config_lib, summary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(REPO, 'experiments/classification')
+
+
+def run(capsys, *args):
+  # A missing dataset must not matter: only the config is read.
+  code = summary.main([*args, '--config.data.name=no_such_dataset'])
+  captured = capsys.readouterr()
+  assert code == 0, captured.err
+  return captured.out.strip().splitlines()
+
+
+@pytest.mark.parametrize('spec, total', [
+    ('resnet_imagenet.py:depth=50', '25,557,032'),  # torchvision's resnet50
+    ('resnet_cifar10.py:depth=20', '269,722'),  # "0.27M" in He et al. (2015), table 6
+])
+def test_total_params(capsys, spec, total):
+  lines = run(capsys, '--config', os.path.join(EXPERIMENTS, spec), '--no_flops',
+              '--depth', '1')
+  assert lines[-1] == f'total params: {total}'
+
+
+def test_layer_rows_and_flops_match_closed_forms():
+  config = config_lib.load_config(os.path.join(EXPERIMENTS, 'cnn_mnist.py'))
+  model, input_shape = summary.build_model(config)
+  rows, total_flops = summary.layers(model, input_shape)
+  by_name = {'/'.join(r.path): r for r in rows}
+  assert by_name[''].output_shape == (1, 10)
+  assert by_name['stage1_conv1'].output_shape == (1, 28, 28, 32)
+  assert by_name['stage2_conv1'].output_shape == (1, 14, 14, 64)
+  dense = by_name['dense1']
+  assert dense.params == 7 * 7 * 64 * 256 + 256
+  assert dense.flops == 2 * 7 * 7 * 64 * 256 + 256  # multiply-adds, then the bias
+  # XLA counts the taps that land on the image, not on the zero padding: per axis,
+  # a 5-tap window over 28 positions with 2 pixels of padding covers 28 * 5 - 6.
+  taps = (28 * 5 - 6) ** 2
+  assert by_name['stage1_conv1'].flops == 2 * taps * 1 * 32
+  assert total_flops >= sum(r.flops for r in rows if len(r.path) == 1)
+
+
+def test_depth_limits_rows_and_missing_fields_are_named(capsys):
+  lines = run(capsys, '--config', os.path.join(EXPERIMENTS, 'resnet_cifar10.py:local'),
+              '--depth', '0')
+  assert sum('(Model)' in line for line in lines) == 1 and not any(
+      'stage1_block1' in line for line in lines)
+  assert lines[-2].startswith('forward FLOPs per example: ')
+  code = summary.main(['--config', os.path.join(REPO, 'experiments/classification/cnn_digits.py')])
+  assert code == 2
+  assert 'data.input_shape and data.num_classes' in capsys.readouterr().err
