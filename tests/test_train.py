@@ -227,7 +227,7 @@ def test_classifier_trains_on_scenes_single_with_only_a_config_change(tmp_path, 
   # The real `single` config, shrunk so the test prepares it in seconds.
   tiny = scenes.ScenesConfig(name='single', max_objects=1, num_train=256, num_validation=32,
                              num_test=64)
-  monkeypatch.setattr(scenes.Scenes, 'BUILDER_CONFIGS', [tiny])
+  monkeypatch.setitem(scenes.Scenes.builder_configs, 'single', tiny)  # TFDS memoizes it.
   assert train.main(['--config', CNN_DIGITS + ':local', '--workdir', str(tmp_path / 'run'),
                      '--config.data.name=scenes/single',
                      f'--config.data.data_dir={tmp_path / "data"}']) == 0

@@ -144,7 +144,7 @@ def parse_args(argv: Sequence[str]):
   parser.add_argument('--cpu_devices', type=int, default=None,
                       help='JAX devices on a CPU host (default: one per core, see above)')
   args, rest = parser.parse_known_args(argv)
-  return args, train.parse_config_overrides(rest, parser)
+  return args, config_lib.parse_config_overrides(rest, parser)
 
 
 def _default_cpu_devices(batch_size: int) -> int:

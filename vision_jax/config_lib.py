@@ -5,11 +5,12 @@ A config file defines `get_config(arg=None) -> ml_collections.ConfigDict`. Error
 as one line.
 """
 
+import argparse
 import ast
 import difflib
 import importlib.util
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -172,3 +173,22 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.evals = ml_collections.ConfigDict()
   return config
+
+
+def parse_config_overrides(rest: Sequence[str], parser: argparse.ArgumentParser
+                           ) -> dict[str, str]:
+  """`--config.a.b=v` or `--config.a.b v` arguments as `{'a.b': 'v'}`; others are errors."""
+  overrides = {}
+  i = 0
+  while i < len(rest):
+    item = rest[i]
+    if not item.startswith('--config.'):
+      parser.error(f'unrecognized argument {item}')
+    field, eq, value = item[len('--config.'):].partition('=')
+    if not eq:
+      if i + 1 >= len(rest):
+        parser.error(f'--config.{field} needs a value')
+      value, i = rest[i + 1], i + 1
+    overrides[field] = value
+    i += 1
+  return overrides

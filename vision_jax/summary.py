@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vision_jax import config_lib, models, train
+from vision_jax import config_lib, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Any, dict[str, str]]:
   parser.add_argument('--no_flops', action='store_true',
                       help='skip the per-layer cost analysis (faster on deep models)')
   args, rest = parser.parse_known_args(argv)
-  return args, train.parse_config_overrides(rest, parser)
+  return args, config_lib.parse_config_overrides(rest, parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -247,26 +247,7 @@ def parse_args(argv: Sequence[str]):
   parser.add_argument('--num_processes', type=int, default=None)
   parser.add_argument('--process_id', type=int, default=None)
   args, rest = parser.parse_known_args(argv)
-  return args, parse_config_overrides(rest, parser)
-
-
-def parse_config_overrides(rest: Sequence[str], parser: argparse.ArgumentParser
-                           ) -> dict[str, str]:
-  """`--config.a.b=v` or `--config.a.b v` arguments as `{'a.b': 'v'}`; others are errors."""
-  overrides = {}
-  i = 0
-  while i < len(rest):
-    item = rest[i]
-    if not item.startswith('--config.'):
-      parser.error(f'unrecognized argument {item}')
-    field, eq, value = item[len('--config.'):].partition('=')
-    if not eq:
-      if i + 1 >= len(rest):
-        parser.error(f'--config.{field} needs a value')
-      value, i = rest[i + 1], i + 1
-    overrides[field] = value
-    i += 1
-  return overrides
+  return args, config_lib.parse_config_overrides(rest, parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
