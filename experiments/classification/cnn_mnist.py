@@ -35,8 +35,9 @@ def get_config(arg=None):
   config.checkpoint_every_steps = 1_000
 
   config.data.name = 'mnist'
-  config.data.pp_train = 'decode|resize(28)|value_range(0, 1)|random_crop(28, pad=2)'
-  config.data.pp_eval = 'decode|resize(28)|value_range(0, 1)'
+  # decode(1): grey, whatever an image folder holds.
+  config.data.pp_train = 'decode(1)|resize(28)|value_range(0, 1)|random_crop(28, pad=2)'
+  config.data.pp_eval = 'decode(1)|resize(28)|value_range(0, 1)'
   # A preprocessed example and the class count, for the tools that build the model
   # without the dataset (vision_jax.summary, vision_jax.benchmark).
   config.data.input_shape = (28, 28, 1)
