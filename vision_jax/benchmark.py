@@ -20,7 +20,6 @@ which also lists the XLA flags that were measured and did not help). The trainer
 the same with `XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`.
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -130,12 +129,13 @@ def _report(name: str, result: dict[str, float], batch_size: int, flops: float) 
   return line
 
 
-def parse_args(argv: Sequence[str]):
-  parser = argparse.ArgumentParser(
-      prog='python -m vision_jax.benchmark', description=__doc__.split('\n\n')[0],
-      epilog='Override any config field with --config.<field>=<value>.')
-  parser.add_argument('--config', required=True,
-                      help='experiments/<area>/<name>.py[:key=value,...]')
+def _default_cpu_devices(batch_size: int) -> int:
+  cores = len(os.sched_getaffinity(0))
+  return max(d for d in range(1, cores + 1) if batch_size % d == 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = config_lib.command_line_parser('python -m vision_jax.benchmark', __doc__)
   parser.add_argument('--batch_size', type=int, default=None,
                       help="global batch size (default: the config's)")
   parser.add_argument('--steps', type=int, default=20, help='timed steps')
@@ -143,22 +143,11 @@ def parse_args(argv: Sequence[str]):
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin')
   parser.add_argument('--cpu_devices', type=int, default=None,
                       help='JAX devices on a CPU host (default: one per core, see above)')
-  args, rest = parser.parse_known_args(argv)
-  return args, config_lib.parse_config_overrides(rest, parser)
-
-
-def _default_cpu_devices(batch_size: int) -> int:
-  cores = len(os.sched_getaffinity(0))
-  return max(d for d in range(1, cores + 1) if batch_size % d == 0)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else argv
   try:
-    config = config_lib.load_config(args.config)
-    if args.batch_size:
-      overrides['batch_size'] = str(args.batch_size)
-    config_lib.apply_overrides(config, overrides)
+    args, _ = parser.parse_known_args(argv)
+    batch_size = {'batch_size': str(args.batch_size)} if args.batch_size else {}
+    args, config = config_lib.parse_command_line(parser, argv, batch_size)
     if args.cpu_devices or 'xla_force_host_platform_device_count' not in os.environ.get(
         'XLA_FLAGS', ''):
       use_cpu_devices(args.cpu_devices or _default_cpu_devices(config.batch_size))

@@ -192,3 +192,26 @@ def parse_config_overrides(rest: Sequence[str], parser: argparse.ArgumentParser
     overrides[field] = value
     i += 1
   return overrides
+
+
+def command_line_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+  """An argument parser with `--config path.py[:args]`, for the project's commands."""
+  parser = argparse.ArgumentParser(
+      prog=prog, description=doc.split('\n\n')[0],
+      epilog='Override any config field with --config.<field>=<value>.')
+  parser.add_argument('--config', required=True,
+                      help='experiments/<area>/<name>.py[:key=value,...]')
+  return parser
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str],
+                       extra_overrides: dict[str, str] | None = None):
+  """Returns `(args, config)`: the config loaded, overridden and locked.
+
+  Raises `ConfigError` for a missing file or a bad field, with a one-line message.
+  """
+  args, rest = parser.parse_known_args(argv)
+  overrides = parse_config_overrides(rest, parser)
+  config = load_config(args.config)
+  apply_overrides(config, {**overrides, **(extra_overrides or {})})
+  return args, config

@@ -14,7 +14,6 @@ ResNet-50 counts 7.95 GFLOPs rather than the usual 2 x 4.1 G. The last line is
 `total params: N`.
 """
 
-import argparse
 import dataclasses
 import sys
 from typing import Any, Sequence
@@ -157,25 +156,15 @@ def summarize(config: ml_collections.ConfigDict, *, flops: bool = True,
   return header + '\n' + format_table(rows, total_params, total_flops)
 
 
-def parse_args(argv: Sequence[str]) -> tuple[Any, dict[str, str]]:
-  parser = argparse.ArgumentParser(
-      prog='python -m vision_jax.summary', description=__doc__.split('\n\n')[0],
-      epilog='Override any config field with --config.<field>=<value>.')
-  parser.add_argument('--config', required=True,
-                      help='experiments/<area>/<name>.py[:key=value,...]')
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = config_lib.command_line_parser('python -m vision_jax.summary', __doc__)
   parser.add_argument('--depth', type=int, default=None,
                       help='show modules down to this nesting depth (default: all)')
   parser.add_argument('--no_flops', action='store_true',
                       help='skip the per-layer cost analysis (faster on deep models)')
-  args, rest = parser.parse_known_args(argv)
-  return args, config_lib.parse_config_overrides(rest, parser)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   try:
-    config = config_lib.load_config(args.config)
-    config_lib.apply_overrides(config, overrides)
+    args, config = config_lib.parse_command_line(
+        parser, sys.argv[1:] if argv is None else argv)
     print(summarize(config, flops=not args.no_flops, max_depth=args.depth))
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)

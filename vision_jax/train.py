@@ -12,7 +12,6 @@ Sections of `train_and_evaluate`: mesh, input, method (model, loss, optimizer), 
 state, checkpoint, update step, evaluators, loop, final report.
 """
 
-import argparse
 import functools
 import itertools
 import math
@@ -236,25 +235,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return results
 
 
-def parse_args(argv: Sequence[str]):
-  parser = argparse.ArgumentParser(
-      prog='python -m vision_jax.train', description=__doc__.split('\n\n')[0],
-      epilog='Override any config field with --config.<field>=<value>.')
-  parser.add_argument('--config', required=True,
-                      help='experiments/<area>/<name>.py[:key=value,...]')
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = config_lib.command_line_parser('python -m vision_jax.train', __doc__)
   parser.add_argument('--workdir', required=True, help='where logs and checkpoints go')
   parser.add_argument('--coordinator_address', default=None)
   parser.add_argument('--num_processes', type=int, default=None)
   parser.add_argument('--process_id', type=int, default=None)
-  args, rest = parser.parse_known_args(argv)
-  return args, config_lib.parse_config_overrides(rest, parser)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   try:
-    config = config_lib.load_config(args.config)
-    config_lib.apply_overrides(config, overrides)
+    args, config = config_lib.parse_command_line(
+        parser, sys.argv[1:] if argv is None else argv)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
