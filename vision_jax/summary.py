@@ -16,7 +16,7 @@ ResNet-50 counts 7.95 GFLOPs rather than the usual 2 x 4.1 G. The last line is
 
 import dataclasses
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax

@@ -98,6 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Mesh: one `data` axis over every device of every process.
   mesh = parallel.make_mesh(num_devices)
   is_main = jax.process_index() == 0
+  workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
 
   # Input.
@@ -227,9 +228,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if is_main:
       lines = [f'Final evaluation at step {step}:']
       lines += [f'  {k:<32s} {v:.4f}' for k, v in sorted(results.items())]
-      lines += [f'Results in {os.path.abspath(workdir)}: metrics.jsonl, tensorboard/, '
+      lines += [f'Results in {workdir}: metrics.jsonl, tensorboard/, '
                 'checkpoints/, config.json']
-      lines += [f'Figure: {p}' for p in figures]
+      lines += [f'Figure: {p}' if p.endswith('.png') else f'Also: {p}' for p in figures]
       progress.message('\n'.join(lines))
   writer.close()
   return results
