@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/cnn_digits
-export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 .PHONY: run test venv clean
 

@@ -212,7 +212,7 @@ def test_two_process_distributed_run_matches_one_process(tmp_path, data_dir):
   processes = [launch(args + [f'--process_id={i}'], env) for i in range(2)]
   outputs = [p.communicate(timeout=300)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs
-  assert 'over 8 devices in 2 process(es)' in outputs[0]
+  assert 'over 8 device(s) in 2 process(es)' in outputs[0]
   assert outputs[1].strip() == '' or 'Final evaluation' not in outputs[1]  # Only process 0 logs.
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     final = [json.loads(line) for line in f][-1]

@@ -4,6 +4,8 @@ The state (params, optimizer state, BatchNorm statistics, step) is the only thin
 saved: the data position and the per-step randomness are functions of the step.
 """
 
+import functools
+import logging
 import os
 from typing import Any
 
@@ -16,6 +18,20 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be restored; the message names its path."""
 
 
+@functools.cache
+def _save_cpu_arrays_whole() -> None:
+  """Replica-parallel saving slices each replicated array per device, compiling a slice
+  per shape and device: slow with many (fake) CPU devices, and no gain there."""
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # Orbax warns about any override.
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  finally:
+    absl_logger.setLevel(level)
+
+
 class Checkpointer:
   """Saves and restores train states under `workdir/checkpoints/<step>`.
 
@@ -26,10 +42,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
     if jax.default_backend() == 'cpu':
-      # Replica-parallel saving slices each replicated array per device, compiling a
-      # slice per shape and device: slow with many (fake) CPU devices, and no gain there.
-      ocp.type_handlers.register_type_handler(
-          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+      _save_cpu_arrays_whole()
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.every_steps = max(1, every_steps)
     options = ocp.CheckpointManagerOptions(

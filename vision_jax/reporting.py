@@ -59,39 +59,62 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """A redrawn progress bar on a terminal; plain periodic lines otherwise (logs, CI)."""
+  """A progress bar redrawn every step on a terminal; plain lines at log steps otherwise.
 
-  def __init__(self, total_steps: int, start_step: int, *, enabled: bool = True,
-               stream: TextIO = sys.stderr):
+  Redraws read no device values: they show the loss of the last log step.
+  """
+
+  def __init__(self, total_steps: int, start_step: int, examples_per_step: int, *,
+               enabled: bool = True, stream: TextIO = sys.stderr, redraw_seconds: float = 0.2):
     self.total_steps = total_steps
+    self.examples_per_step = examples_per_step
     self.enabled = enabled
     self.stream = stream
     self.interactive = enabled and stream.isatty()
+    self.redraw_seconds = redraw_seconds
     self._last_step, self._last_time = start_step, time.time()
+    self._last_draw = 0.0
     self._rate = float('nan')
+    self._metrics: Mapping[str, float] = {}
 
-  def update(self, step: int, examples_per_step: int, metrics: Mapping[str, float],
-             force_line: bool = False) -> float:
-    """Redraws (or prints) the state at `step`; returns examples/s since the last call."""
+  def log(self, step: int, metrics: Mapping[str, float]) -> float:
+    """Shows `metrics` at a log step; returns the examples/s since the previous log step."""
     now = time.time()
     if step > self._last_step:
-      self._rate = (step - self._last_step) * examples_per_step / max(now - self._last_time, 1e-9)
+      self._rate = ((step - self._last_step) * self.examples_per_step
+                    / max(now - self._last_time, 1e-9))
       self._last_step, self._last_time = step, now
-    if not self.enabled:
-      return self._rate
-    eta = (self.total_steps - step) * examples_per_step / self._rate if self._rate > 0 else math.nan
-    fields = ' '.join(f'{k.split("/")[-1]}={v:.4g}' for k, v in metrics.items())
-    text = (f'step {step}/{self.total_steps} | {self._rate:,.0f} ex/s | '
-            f'ETA {_duration(eta)} | {fields}')
-    if self.interactive:
-      done = int(30 * step / max(self.total_steps, 1))
-      self.stream.write(f'\r[{"#" * done}{"." * (30 - done)}] {text}\x1b[K')
-      if force_line:
-        self.stream.write('\n')
-    else:
-      self.stream.write(text + '\n')
-    self.stream.flush()
+    self._metrics = metrics
+    if self.enabled and not self.interactive:
+      self.stream.write(self._text(step) + '\n')
+      self.stream.flush()
+    self.tick(step, force=True)
     return self._rate
+
+  def tick(self, step: int, force: bool = False) -> None:
+    """Redraws the bar on a terminal, at most every `redraw_seconds`."""
+    now = time.time()
+    if not self.interactive or (not force and now - self._last_draw < self.redraw_seconds):
+      return
+    self._last_draw = now
+    if step > self._last_step:  # Between log steps: the running rate since the last one.
+      rate = (step - self._last_step) * self.examples_per_step / max(now - self._last_time, 1e-9)
+    else:
+      rate = self._rate
+    done = int(30 * step / max(self.total_steps, 1))
+    self.stream.write(f'\r[{"#" * done}{"." * (30 - done)}] {self._text(step, rate)}\x1b[K')
+    self.stream.flush()
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (an evaluation, say) out of the training throughput."""
+    self._last_time += seconds
+
+  def _text(self, step: int, rate: float | None = None) -> str:
+    rate = self._rate if rate is None else rate
+    eta = (self.total_steps - step) * self.examples_per_step / rate if rate > 0 else math.nan
+    fields = ' '.join(f'{k.split("/")[-1]}={v:.4g}' for k, v in self._metrics.items())
+    return (f'step {step}/{self.total_steps} | {rate:,.0f} ex/s | ETA {_duration(eta)}'
+            + (f' | {fields}' if fields else ''))
 
   def message(self, text: str) -> None:
     if self.enabled:

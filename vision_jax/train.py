@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import sys
+import time
 from typing import Sequence
 
 import jax
@@ -149,11 +150,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
            for name, eval_config in config.evals.items()}
 
   writer = reporting.MetricWriter(workdir, enabled=is_main)
-  progress = reporting.Progress(total_steps, start_step, enabled=is_main)
+  progress = reporting.Progress(total_steps, start_step, config.batch_size, enabled=is_main)
   if is_main:
     progress.message(
         f'{config.method} on {data.name}: {total_steps} steps of {config.batch_size} '
-        f'examples over {mesh.devices.size} devices in {jax.process_count()} process(es); '
+        f'examples over {mesh.devices.size} device(s) in {jax.process_count()} process(es); '
         + (f'resumed from step {start_step}' if start_step else 'starting fresh'))
 
   stop = {'requested': False}
@@ -200,14 +201,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         check_finite(*pending)
         logged = _mean_metrics(history)
         history = []
-        logged['train/examples_per_sec'] = progress.update(step, config.batch_size, {
-            k: logged[k] for k in ('train/loss', 'train/lr') if k in logged})
+        logged['train/examples_per_sec'] = progress.log(
+            step, {k: logged[k] for k in ('train/loss', 'train/lr') if k in logged})
         writer.write(step, logged)
+      else:
+        progress.tick(step)
       if checkpointer.should_save(step) or last or stop['requested']:
         check_finite(*pending)
         checkpointer.save(step, state)
       if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
+        eval_start = time.time()
         results = run_evals(step)
+        progress.exclude(time.time() - eval_start)
         progress.message('eval @ %d: ' % step + ', '.join(
             f'{k}={v:.4f}' for k, v in results.items() if not k.endswith('num_examples')))
       if stop['requested']:
