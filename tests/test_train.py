@@ -234,3 +234,23 @@ def test_classifier_trains_on_scenes_single_with_only_a_config_change(tmp_path, 
   with open(tmp_path / 'run' / 'metrics.jsonl') as f:
     final = [json.loads(line) for line in f][-1]
   assert final['eval/num_examples'] == 64
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_classifier_trains_on_an_image_folder(tmp_path, channels):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(channels)
+  for split, count in (('train', 32), ('test', 10)):
+    for label, name in enumerate(('dark', 'light')):
+      os.makedirs(tmp_path / 'images' / split / name)
+      for i in range(count):
+        pixels = rng.integers(0, 128, (8, 8, channels), np.uint8) + 127 * label
+        Image.fromarray(pixels.squeeze()).save(tmp_path / 'images' / split / name / f'{i}.png')
+  assert train.main(['--config', CNN_DIGITS + ':local', '--workdir', str(tmp_path / 'run'),
+                     f'--config.data.name=folder:{tmp_path / "images"}',
+                     '--config.batch_size=16', '--config.evals.eval.batch_size=8']) == 0
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    final = [json.loads(line) for line in f][-1]
+  assert final['eval/num_examples'] == 20
+  with open(tmp_path / 'run' / 'per_class_accuracy.json') as f:
+    assert sorted(json.load(f)) == ['dark', 'light']
