@@ -141,6 +141,21 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(saved)))
 
 
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, data_dir):
+  workdir = str(tmp_path)
+  args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir,
+          f'--coordinator_address=127.0.0.1:{_free_port()}', '--num_processes=2',
+          f'--config.data.data_dir={data_dir}', '--config.total_steps=100000',
+          '--config.checkpoint_every_steps=20', '--config.log_every_steps=5']
+  env = {'XLA_FLAGS': os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=1')}
+  processes = [launch(args + [f'--process_id={i}'], env) for i in range(2)]
+  _wait_for_checkpoint(workdir, 20, processes[0])
+  processes[1].send_signal(signal.SIGTERM)  # The other process learns it at a log step.
+  outputs = [p.communicate(timeout=120)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs
+  assert 'SIGTERM: checkpoint saved at step' in outputs[0]
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, capsys):
   workdir = str(tmp_path)
   args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir,

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
@@ -117,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   method = get_method_class(config.method)(
       config, data_info, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
 
-  # Sharded state, created abstractly first so that no host copy is ever made.
+  # Checkpoints: the latest saved step is also where the data stream resumes.
   checkpointer = checkpointing.Checkpointer(
       workdir, every_steps=config.checkpoint_every_steps or total_steps,
       keep=config.keep_checkpoints, async_save=config.get('async_checkpoints', True))
@@ -131,11 +132,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   first_batch = next(train_iter)
   train_iter = itertools.chain([first_batch], train_iter)
   abstract_batch = _abstract_batch(first_batch, config.batch_size)
-  # Update step: compiled once; the state is donated; randomness is fold_in(key, step).
+
+  # Sharded state, created abstractly first so that no host copy is ever made, and the
+  # update step: compiled once, the state donated, randomness fold_in(key, step).
   abstract_state, state_sharding, init, train_step = make_train_step(
       method, abstract_batch, mesh, config.seed)
 
-  # Checkpoint: resume from the latest, or start afresh.
+  # Resume from the latest checkpoint, or start afresh.
   if start_step:
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           abstract_state, state_sharding)
@@ -157,11 +160,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f'examples over {mesh.devices.size} device(s) in {jax.process_count()} process(es); '
         + (f'resumed from step {start_step}' if start_step else 'starting fresh'))
 
-  stop = {'requested': False}
-  def request_stop(signum, frame):
+  sigterm = {'received': False}
+  def on_sigterm(signum, frame):
     del signum, frame
-    stop['requested'] = True
-  previous_handler = signal.signal(signal.SIGTERM, request_stop)
+    sigterm['received'] = True
+  previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+  def stop_requested(step):
+    """Every process must stop at the same step (checkpointing is collective)."""
+    if jax.process_count() == 1:
+      return sigterm['received']
+    if step % config.log_every_steps:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.array(sigterm['received']))))
 
   def check_finite(step, metrics):
     # The loss is of the params before the step; param_norm covers the params after it.
@@ -194,10 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       pending = (step, metrics)
       history.append(metrics)
       last = step == total_steps
-      if jax.process_count() > 1 and step % config.log_every_steps == 0:
-        stop['requested'] = bool(np.any(jax.experimental.multihost_utils.process_allgather(
-            np.array(stop['requested']))))
-      if step % config.log_every_steps == 0 or last or stop['requested']:
+      stop = stop_requested(step)
+      if step % config.log_every_steps == 0 or last or stop:
         check_finite(*pending)
         logged = _mean_metrics(history)
         history = []
@@ -206,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         writer.write(step, logged)
       else:
         progress.tick(step)
-      if checkpointer.should_save(step) or last or stop['requested']:
+      if checkpointer.should_save(step) or last or stop:
         check_finite(*pending)
         checkpointer.save(step, state)
       if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
@@ -215,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         progress.exclude(time.time() - eval_start)
         progress.message('eval @ %d: ' % step + ', '.join(
             f'{k}={v:.4f}' for k, v in results.items() if not k.endswith('num_examples')))
-      if stop['requested']:
+      if stop:
         progress.message(f'SIGTERM: checkpoint saved at step {step}; exiting.')
         break
     if step >= total_steps and not results:  # Resumed a finished run: report again.
