@@ -269,3 +269,16 @@ def test_classifier_trains_on_an_image_folder(tmp_path, channels):
   assert final['eval/num_examples'] == 20
   with open(tmp_path / 'run' / 'per_class_accuracy.json') as f:
     assert sorted(json.load(f)) == ['dark', 'light']
+
+
+def test_images_of_several_sizes_without_a_resize_are_a_clear_error(tmp_path, capsys):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for split in ('train', 'test'):
+    for name in ('a', 'b'):
+      os.makedirs(tmp_path / split / name)
+      for i, size in enumerate((8, 9, 10, 11)):
+        Image.fromarray(np.zeros((size, size), np.uint8)).save(tmp_path / split / name / f'{i}.png')
+  args = ['--config', CNN_DIGITS + ':local', '--workdir', str(tmp_path / 'run'),
+          f'--config.data.name=folder:{tmp_path}', '--config.batch_size=8']
+  assert train.main(args) == 1
+  assert 'add a resize(...)' in capsys.readouterr().err

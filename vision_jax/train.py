@@ -26,7 +26,6 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from vision_jax import checkpointing, config_lib, evaluators, parallel, reporting
 from vision_jax.data import pipeline
@@ -128,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       pp=data.pp_train, start_step=start_step, cache=data.get('cache', True),
       shuffle_buffer=data.get('shuffle_buffer', 50_000))
   # Shapes come from the first batch: decoded image shapes are only known then.
-  train_iter = iter(tfds.as_numpy(train_ds))
+  train_iter = pipeline.as_numpy(train_ds, data.pp_train)
   first_batch = next(train_iter)
   train_iter = itertools.chain([first_batch], train_iter)
   abstract_batch = _abstract_batch(first_batch, config.batch_size)
@@ -266,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   args.process_id)
   try:
     train_and_evaluate(config, args.workdir)
-  except (config_lib.ConfigError, pipeline.DatasetNotFoundError,
+  except (config_lib.ConfigError, pipeline.DatasetNotFoundError, pipeline.BatchingError,
           checkpointing.CheckpointError, NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2 if isinstance(e, config_lib.ConfigError) else 1

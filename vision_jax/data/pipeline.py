@@ -38,6 +38,10 @@ class DatasetNotFoundError(FileNotFoundError):
   """The requested dataset is not available here; the message says how to provide it."""
 
 
+class BatchingError(ValueError):
+  """Preprocessed examples whose shapes differ, so they cannot form a batch."""
+
+
 def _online(host: str = 'storage.googleapis.com', timeout: float = 3.0) -> bool:
   """A quick reachability probe, so an offline machine fails in seconds, not minutes."""
   try:
@@ -231,7 +235,7 @@ def eval_batches(builder, split: str, *, batch_size: int, pp: str,
   ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
   template = None
   count = 0
-  for batch in tfds.as_numpy(ds):
+  for batch in as_numpy(ds, pp):
     template = template or batch
     yield _pad(batch, batch_size)
     count += 1
@@ -242,6 +246,24 @@ def eval_batches(builder, split: str, *, batch_size: int, pp: str,
     empty = {k: v[:0] for k, v in template.items()}
     for _ in range(num_batches - count):
       yield _pad(empty, batch_size)
+
+
+def as_numpy(ds: tf.data.Dataset, pp: str) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates numpy batches; examples that cannot be batched are a clear error."""
+  iterator = iter(tfds.as_numpy(ds))
+  while True:
+    try:
+      yield next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError as e:
+      if 'batch' not in str(e).lower() and 'shape' not in str(e).lower():
+        raise
+      raise BatchingError(
+          f'examples of different shapes cannot be batched after preprocessing {pp!r}: '
+          'add a resize(...) or crop op (images of several sizes) or decode(channels=...) '
+          f'(grey and colour images mixed). TensorFlow said: {str(e).splitlines()[0][:300]}'
+      ) from None
 
 
 def _pad(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
