@@ -22,16 +22,40 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNN_DIGITS = os.path.join(REPO, 'experiments/classification/cnn_digits.py')
 
 
+def tiny_overrides(data_dir, **overrides):
+  """cnn_digits:local with a narrower network, as `--config.<field>` strings."""
+  return {'data.data_dir': str(data_dir), 'model.features': '(8, 16)',
+          'model.dense_features': '(32,)', **{k: str(v) for k, v in overrides.items()}}
+
+
 def tiny_config(data_dir, **overrides):
   config = config_lib.load_config(CNN_DIGITS + ':local')
-  config_lib.apply_overrides(config, {
-      'data.data_dir': data_dir, 'model.features': '(8, 16)', 'model.dense_features': '(32,)',
-      **{k: str(v) for k, v in overrides.items()}})
+  config_lib.apply_overrides(config, tiny_overrides(data_dir, **overrides))
   return config
+
+
+def tiny_args(workdir, data_dir, **overrides):
+  """The launcher's command line for `tiny_config(data_dir, **overrides)`."""
+  return ['--config', CNN_DIGITS + ':local', '--workdir', str(workdir)] + [
+      f'--config.{k}={v}' for k, v in tiny_overrides(data_dir, **overrides).items()]
 
 
 def final_params(workdir):
   return checkpointing.read_latest(workdir)['params']
+
+
+def final_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f][-1]
+
+
+def assert_same_run(workdir, reference_workdir, reference_metrics, rtol, atol):
+  """Final metrics and params of `workdir` equal those of the reference run."""
+  final = final_metrics(workdir)
+  for name, value in reference_metrics.items():
+    assert final[name] == pytest.approx(value, rel=rtol, abs=atol), name
+  chex.assert_trees_all_close(final_params(workdir), final_params(reference_workdir),
+                              rtol=rtol, atol=atol)
 
 
 def launch(args, env_extra=None, **kwargs):
@@ -104,10 +128,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
   reference = train.train_and_evaluate(tiny_config(data_dir, **overrides),
                                        str(tmp_path / 'reference'))
   workdir = str(tmp_path / 'killed')
-  args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir] + [
-      f'--config.{k}={v}' for k, v in {
-          'data.data_dir': data_dir, 'model.features': '(8, 16)',
-          'model.dense_features': '(32,)', **overrides}.items()]
+  args = tiny_args(workdir, data_dir, **overrides)
   process = launch(args)
   _wait_for_checkpoint(workdir, 40, process)
   process.kill()
@@ -119,12 +140,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
   output, _ = process.communicate(timeout=300)
   assert process.returncode == 0, output
   assert f'resumed from step {steps[-1]}' in output
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    final = [json.loads(line) for line in f][-1]
-  for name, value in reference.items():
-    assert final[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
-  chex.assert_trees_all_close(final_params(workdir), final_params(tmp_path / 'reference'),
-                              rtol=1e-5, atol=1e-6)
+  assert_same_run(workdir, tmp_path / 'reference', reference, rtol=1e-5, atol=1e-6)
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
@@ -218,23 +234,15 @@ def test_two_process_distributed_run_matches_one_process(tmp_path, data_dir):
   reference = train.train_and_evaluate(tiny_config(data_dir, **overrides),
                                        str(tmp_path / 'one'))
   workdir = str(tmp_path / 'two')
-  port = _free_port()
-  args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir,
-          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2'] + [
-      f'--config.{k}={v}' for k, v in {'data.data_dir': data_dir, 'model.features': '(8, 16)',
-                                      'model.dense_features': '(32,)', **overrides}.items()]
+  args = tiny_args(workdir, data_dir, **overrides) + [
+      f'--coordinator_address=127.0.0.1:{_free_port()}', '--num_processes=2']
   env = {'XLA_FLAGS': os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=4')}
   processes = [launch(args + [f'--process_id={i}'], env) for i in range(2)]
   outputs = [p.communicate(timeout=300)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs
   assert 'over 8 device(s) in 2 process(es)' in outputs[0]
   assert outputs[1].strip() == '' or 'Final evaluation' not in outputs[1]  # Only process 0 logs.
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    final = [json.loads(line) for line in f][-1]
-  for name, value in reference.items():
-    assert final[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
-  chex.assert_trees_all_close(final_params(workdir), final_params(tmp_path / 'one'),
-                              rtol=1e-4, atol=1e-5)
+  assert_same_run(workdir, tmp_path / 'one', reference, rtol=1e-4, atol=1e-5)
 
 
 def test_classifier_trains_on_scenes_single_with_only_a_config_change(tmp_path, monkeypatch):
@@ -246,9 +254,7 @@ def test_classifier_trains_on_scenes_single_with_only_a_config_change(tmp_path, 
   assert train.main(['--config', CNN_DIGITS + ':local', '--workdir', str(tmp_path / 'run'),
                      '--config.data.name=scenes/single',
                      f'--config.data.data_dir={tmp_path / "data"}']) == 0
-  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
-    final = [json.loads(line) for line in f][-1]
-  assert final['eval/num_examples'] == 64
+  assert final_metrics(tmp_path / 'run')['eval/num_examples'] == 64
 
 
 @pytest.mark.parametrize('channels', [1, 3])
@@ -264,9 +270,7 @@ def test_classifier_trains_on_an_image_folder(tmp_path, channels):
   assert train.main(['--config', CNN_DIGITS + ':local', '--workdir', str(tmp_path / 'run'),
                      f'--config.data.name=folder:{tmp_path / "images"}',
                      '--config.batch_size=16', '--config.evals.eval.batch_size=8']) == 0
-  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
-    final = [json.loads(line) for line in f][-1]
-  assert final['eval/num_examples'] == 20
+  assert final_metrics(tmp_path / 'run')['eval/num_examples'] == 20
   with open(tmp_path / 'run' / 'per_class_accuracy.json') as f:
     assert sorted(json.load(f)) == ['dark', 'light']
 
