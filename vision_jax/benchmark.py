@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from vision_jax import config_lib, parallel, train
+from vision_jax import config_lib, host_memory, parallel, train
 from vision_jax.data import pipeline
 from vision_jax.methods import get_method_class
 
@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--cpu_devices', type=int, default=None,
                       help='JAX devices on a CPU host (default: one per core, see above)')
   argv = sys.argv[1:] if argv is None else argv
+  host_memory.keep_freed_memory()
   try:
     args, _ = parser.parse_known_args(argv)
     batch_size = {'batch_size': str(args.batch_size)} if args.batch_size else {}

@@ -5,8 +5,9 @@ with explicit shardings; batches are split along the `data` axis, the state is
 replicated, and XLA inserts the gradient all-reduce.
 """
 
+import functools
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -35,6 +36,20 @@ def initialize_distributed(coordinator_address: str | None = None,
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
+
+
+def under_mesh(mesh: jax.sharding.Mesh, fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn` traced with `mesh` as the abstract mesh (`jax.sharding.get_abstract_mesh()`).
+
+  Ops that XLA's partitioner cannot split, such as the custom-call convolutions of
+  `vision_jax.kernels.cpu_conv`, look there to run per device on their shard of the
+  batch (otherwise XLA would gather the whole batch onto every device).
+  """
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return traced
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:

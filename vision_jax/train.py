@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from vision_jax import checkpointing, config_lib, evaluators, parallel, reporting
+from vision_jax import checkpointing, config_lib, evaluators, host_memory, parallel, reporting
 from vision_jax.data import pipeline
 from vision_jax.methods import get_method_class
 
@@ -84,7 +84,7 @@ def make_train_step(method, abstract_batch: dict[str, jax.ShapeDtypeStruct], mes
     return method.update(state, batch, jax.random.fold_in(train_key, state.step))
 
   train_step = jax.jit(
-      update, donate_argnums=0,
+      parallel.under_mesh(mesh, update), donate_argnums=0,
       in_shardings=(state_sharding, parallel.data_sharded(mesh)),
       out_shardings=(state_sharding, parallel.replicated(mesh)))
   return abstract_state, state_sharding, init, train_step
@@ -261,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  host_memory.keep_freed_memory()
   parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                   args.process_id)
   try:

@@ -23,9 +23,10 @@ class Evaluator(evaluators.Evaluator):
     super().__init__(method, config, **kwargs)
     self.num_classes = method.data_info.num_classes
     self.class_names = method.data_info.class_names or tuple(map(str, range(self.num_classes)))
-    self._sums = jax.jit(self._batch_sums, out_shardings=parallel.replicated(self.mesh))
+    self._sums = jax.jit(parallel.under_mesh(self.mesh, self._batch_sums),
+                         out_shardings=parallel.replicated(self.mesh))
     self._add = jax.jit(functools.partial(jax.tree.map, jnp.add))
-    self._predict = jax.jit(method.predict)
+    self._predict = jax.jit(parallel.under_mesh(self.mesh, method.predict))
     self._last_confusion = None
 
   def _batch_sums(self, state, batch):

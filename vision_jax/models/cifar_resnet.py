@@ -10,6 +10,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vision_jax.kernels import cpu_conv
+
 # He initialisation, with torchvision's fan_out convention.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -17,9 +19,9 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 def conv3x3(features: int, strides: int = 1, *, dtype: Any,
             name: str) -> nn.Conv:
   """A bias-free 3x3 convolution: the BatchNorm after it has its own bias."""
-  return nn.Conv(features, (3, 3), strides=strides, padding=((1, 1), (1, 1)),
-                 use_bias=False, kernel_init=conv_kernel_init, dtype=dtype,
-                 name=name)
+  return cpu_conv.Conv(features, (3, 3), strides=strides, padding=((1, 1), (1, 1)),
+                       use_bias=False, kernel_init=conv_kernel_init, dtype=dtype,
+                       name=name)
 
 
 def batch_norm(train: bool, *, dtype: Any, name: str) -> nn.BatchNorm:

@@ -5,6 +5,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vision_jax.kernels import cpu_conv
+
 POOLINGS = ('max', 'avg', 'none')
 
 
@@ -66,9 +68,9 @@ class Model(nn.Module):
       for i in range(self.convs_per_stage):
         name = f'stage{stage + 1}_conv{i + 1}'
         # BatchNorm's bias makes a convolution bias redundant.
-        x = nn.Conv(width, (self.kernel_size, self.kernel_size),
-                    use_bias=not self.use_batchnorm, dtype=self.dtype,
-                    name=name)(x)
+        x = cpu_conv.Conv(width, (self.kernel_size, self.kernel_size),
+                          use_bias=not self.use_batchnorm, dtype=self.dtype,
+                          name=name)(x)
         if self.use_batchnorm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                            epsilon=1e-5, dtype=self.dtype,

@@ -12,6 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vision_jax.kernels import cpu_conv
+
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out').
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -20,9 +22,9 @@ def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Any,
          name: str) -> nn.Conv:
   """A bias-free convolution: the BatchNorm after it has its own bias."""
   pad = kernel_size // 2
-  return nn.Conv(features, (kernel_size, kernel_size), strides=strides,
-                 padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=conv_kernel_init, dtype=dtype, name=name)
+  return cpu_conv.Conv(features, (kernel_size, kernel_size), strides=strides,
+                       padding=((pad, pad), (pad, pad)), use_bias=False,
+                       kernel_init=conv_kernel_init, dtype=dtype, name=name)
 
 
 def batch_norm(train: bool, *, dtype: Any, name: str,
