@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vision_jax import config_lib, models
+from vision_jax.kernels import cpu_conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +66,8 @@ def _count(tree) -> int:
 
 
 def _flops(fn, *args) -> int:
-  cost = jax.jit(fn).lower(*args).cost_analysis()
+  with cpu_conv.xla_convolutions():
+    cost = jax.jit(fn).lower(*args).cost_analysis()
   return int(cost.get('flops', 0)) if cost else 0
 
 

@@ -23,6 +23,7 @@ the kernels on its own shard (`jax.shard_map`) and the weight gradient is summed
 the axis, as XLA's partitioner would do for its own convolution.
 """
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -54,6 +55,19 @@ _DATA_AXIS = parallel.DATA_AXIS
 
 _load_lock = threading.Lock()
 _loaded: bool | None = None
+_xla_only = threading.local()
+
+
+@contextlib.contextmanager
+def xla_convolutions():
+  """Traces XLA's own convolutions within it, e.g. for XLA's FLOP counts (which do not
+  see inside the kernels' custom calls)."""
+  previous = getattr(_xla_only, 'on', False)
+  _xla_only.on = True
+  try:
+    yield
+  finally:
+    _xla_only.on = previous
 
 
 def _cache_dir() -> Path:
@@ -277,6 +291,8 @@ def covered(x, w, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
             precision=None, preferred_element_type=None) -> bool:
   """Whether `conv_general_dilated` runs this convolution on the kernels (on a CPU)."""
   del precision  # float32 arithmetic either way
+  if getattr(_xla_only, 'on', False):
+    return False
   if x.ndim != 4 or w.ndim != 4 or x.dtype != jnp.float32 or w.dtype != jnp.float32:
     return False
   if preferred_element_type not in (None, jnp.float32):
