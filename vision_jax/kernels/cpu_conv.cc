@@ -157,37 +157,85 @@ inline void ForwardBlock(const Geometry& g, const Layout& l, const float* xp, co
 
 // One image. A row's last block overlaps the previous one when WB does not divide
 // the width; the overlapping pixels are written twice with the same values.
+// The same block for stride 1 and KW taps per kernel row, loading each input value
+// once for all the taps that use it: input pixel ox0 + q feeds output pixel ox0 + q - kx
+// through tap kx. Per input channel: KW * CB weight vectors and WB + KW - 1 broadcasts
+// for WB * KW * CB multiply-adds, against CB and WB * KW for `ForwardBlock`.
+template <int CB, int WB, int KW>
+inline void ForwardBlockSharedInputs(const Geometry& g, const float* xp, const float* w,
+                                     float* y, int64_t oy, int64_t ox0, int64_t co0) {
+  const int64_t ci_count = g.ci, co = g.co, row_stride = g.padded_w() * g.ci;
+  Vec acc[WB][CB];
+  for (int j = 0; j < WB; ++j)
+    for (int b = 0; b < CB; ++b) acc[j][b] = Vec{};
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const float* row = xp + (oy * g.sy + ky) * row_stride + ox0 * ci_count;
+    const float* wk = w + ky * KW * ci_count * co + co0;
+    for (int64_t c = 0; c < ci_count; ++c) {
+      Vec wv[KW][CB];
+#pragma GCC unroll 8
+      for (int kx = 0; kx < KW; ++kx)
+        for (int b = 0; b < CB; ++b) wv[kx][b] = Load(wk + (kx * ci_count + c) * co + kLanes * b);
+#pragma GCC unroll 32
+      for (int q = 0; q < WB + KW - 1; ++q) {
+        const Vec xv = Broadcast(row[q * ci_count + c]);
+#pragma GCC unroll 8
+        for (int kx = 0; kx < KW; ++kx) {
+          const int j = q - kx;
+          if (j < 0 || j >= WB) continue;
+          for (int b = 0; b < CB; ++b) acc[j][b] += xv * wv[kx][b];
+        }
+      }
+    }
+  }
+  float* out = y + (oy * g.ow + ox0) * co + co0;
+  for (int j = 0; j < WB; ++j)
+    for (int b = 0; b < CB; ++b) Store(out + j * co + kLanes * b, acc[j][b]);
+}
+
 template <int CB, int WB>
 void ForwardImage(const Geometry& g, const float* xp, const float* w, float* y) {
   const Layout l = MakeLayout(g);
   for (int64_t oy = 0; oy < g.oh; ++oy)
     for (int64_t co0 = 0; co0 < g.co; co0 += kLanes * CB)
-      for (int64_t ox0 = 0; ox0 < g.ow; ox0 += WB)
-        ForwardBlock<CB, WB>(g, l, xp, w, y, oy, std::min(ox0, g.ow - WB), co0);
+      for (int64_t ox0 = 0; ox0 < g.ow; ox0 += WB) {
+        const int64_t x0 = std::min(ox0, g.ow - WB);
+        if (g.sx == 1 && g.kw == 3 && g.ci >= 3) {
+          ForwardBlockSharedInputs<CB, WB, 3>(g, xp, w, y, oy, x0, co0);
+        } else if (g.sx == 1 && g.kw == 5 && g.ci >= 3) {
+          ForwardBlockSharedInputs<CB, WB, 5>(g, xp, w, y, oy, x0, co0);
+        } else {
+          ForwardBlock<CB, WB>(g, l, xp, w, y, oy, x0, co0);
+        }
+      }
 }
 
-// The block width, up to 8 pixels, that covers a row with the fewest extra pixels
-// (7 for rows of 14 or 28, 8 for rows of 16 or 32).
-int64_t BlockWidth(int64_t width) {
-  int64_t best = std::min<int64_t>(width, 8);
+// 16 accumulators: 16 pixels x 16 channels or 8 pixels x 32 channels.
+template <int CB>
+constexpr int kMaxBlockWidth = CB == 1 ? 16 : 8;
+
+// The block width, up to `max_width` pixels, that covers a row with the fewest extra
+// pixels (7 for rows of 14 or 28 with 8 at most, 8 for rows of 16 or 32).
+int64_t BlockWidth(int64_t width, int64_t max_width) {
+  int64_t best = std::min<int64_t>(width, max_width);
   auto covered = [width](int64_t wb) { return (width + wb - 1) / wb * wb; };
-  for (int64_t wb = best - 1; wb >= 5; --wb)
+  for (int64_t wb = best - 1; wb >= (best + 1) / 2 + 1; --wb)
     if (covered(wb) < covered(best)) best = wb;
   return best;
 }
 
+template <int CB, int WB = kMaxBlockWidth<CB>>
+void ForwardImageOfBlockWidth(int64_t width, const Geometry& g, const float* xp,
+                              const float* w, float* y) {
+  if constexpr (WB > 1) {
+    if (width < WB) return ForwardImageOfBlockWidth<CB, WB - 1>(width, g, xp, w, y);
+  }
+  ForwardImage<CB, WB>(g, xp, w, y);
+}
+
 template <int CB>
 void ForwardImageAnyWidth(const Geometry& g, const float* xp, const float* w, float* y) {
-  switch (BlockWidth(g.ow)) {
-    case 1: return ForwardImage<CB, 1>(g, xp, w, y);
-    case 2: return ForwardImage<CB, 2>(g, xp, w, y);
-    case 3: return ForwardImage<CB, 3>(g, xp, w, y);
-    case 4: return ForwardImage<CB, 4>(g, xp, w, y);
-    case 5: return ForwardImage<CB, 5>(g, xp, w, y);
-    case 6: return ForwardImage<CB, 6>(g, xp, w, y);
-    case 7: return ForwardImage<CB, 7>(g, xp, w, y);
-    default: return ForwardImage<CB, 8>(g, xp, w, y);
-  }
+  ForwardImageOfBlockWidth<CB>(BlockWidth(g.ow, kMaxBlockWidth<CB>), g, xp, w, y);
 }
 
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* w,
