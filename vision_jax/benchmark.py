@@ -2,22 +2,23 @@ r"""Times the trainer's compiled training step on synthetic batches.
 
   python -m vision_jax.benchmark \
       --config experiments/classification/resnet_cifar10.py [--batch_size N] \
-      [--steps N] [--warmup N] [--torch] [--config.<field>=<value> ...]
+      [--steps N] [--warmup N] [--torch] [--cpu_devices N] [--config.<field>=<value> ...]
 
 The step is the one `vision_jax.train` runs (`train.make_train_step`: the same jitted,
 sharded, state-donating update over every device), fed a random batch of the config's
 `data.input_shape` and `data.num_classes`, so no dataset is needed. After `--warmup`
 steps, each of `--steps` steps is timed on its own and the median is reported as
 ms/step and examples/s, with the compile time and the FLOP/s achieved by the step's
-XLA-counted FLOPs (multiply-add = 2). `--torch` also times a PyTorch eager twin of the
-model (`vision_jax/benchmark_torch.py`: same layers, batch and optimizer, channels-last)
-in the same process, one thread per core.
+XLA-counted FLOPs (multiply-add = 2; convolutions counted as XLA's own, since XLA
+cannot see inside the CPU kernels of `vision_jax.kernels.cpu_conv`).
 
-On a CPU the host is split into one JAX device per core (`--cpu_devices`, the largest
-divisor of the batch size up to the core count), so the data-parallel step runs a shard
-of the batch per core: 15-20% faster than one device on 2 cores (see BENCHMARKS.md,
-which also lists the XLA flags that were measured and did not help). The trainer gets
-the same with `XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`.
+`--torch` also times a PyTorch eager twin of the model (`vision_jax/benchmark_torch.py`:
+same layers, batch and optimizer, channels-last, one thread per core) in the same
+process, alternating one JAX step and one PyTorch step, so that a shared machine's
+load falls on both alike.
+
+On a CPU, JAX runs one device, like the trainer (the convolution kernels use every
+core); `--cpu_devices N` splits the host into N devices instead.
 """
 
 import os
@@ -36,11 +37,7 @@ from vision_jax.methods import get_method_class
 
 
 def use_cpu_devices(count: int) -> None:
-  """Splits the host CPU into `count` JAX devices, unless JAX has already started.
-
-  On a CPU the trainer's data-parallel step then runs one shard of the batch per core,
-  which beats one device whose convolutions are split across cores (BENCHMARKS.md).
-  """
+  """Splits the host CPU into `count` JAX devices, unless JAX has already started."""
   try:
     jax.config.update('jax_num_cpu_devices', count)
   except RuntimeError:
@@ -61,20 +58,24 @@ def synthetic_info(config) -> pipeline.DatasetInfo:
                               class_names=None)
 
 
-def _time_steps(step: Callable[[], Any], steps: int, warmup: int) -> dict[str, float]:
-  """Median and fastest ms/step; the fastest is the better guide on a shared machine."""
-  for _ in range(warmup):
-    step()
-  times = []
+def time_steps(steps_by_name: dict[str, Callable[[], Any]], steps: int,
+               warmup: int) -> dict[str, dict[str, float]]:
+  """Median and fastest ms/step of each step function, taking turns step by step."""
+  for step in steps_by_name.values():
+    for _ in range(warmup):
+      step()
+  times = {name: [] for name in steps_by_name}
   for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return {'ms_per_step': 1e3 * statistics.median(times), 'min_ms_per_step': 1e3 * min(times)}
+    for name, step in steps_by_name.items():
+      start = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - start)
+  return {name: {'ms_per_step': 1e3 * statistics.median(t), 'min_ms_per_step': 1e3 * min(t)}
+          for name, t in times.items()}
 
 
-def time_jax(config, *, steps: int, warmup: int) -> dict[str, float]:
-  """Compiles and times the trainer's step; returns ms/step, compile s and FLOPs/step."""
+def jax_step(config) -> tuple[Callable[[], None], dict[str, float]]:
+  """The trainer's compiled step as a closure, with its compile seconds and FLOPs."""
   mesh = parallel.make_mesh()
   info = synthetic_info(config)
   batch_size = config.batch_size
@@ -108,20 +109,18 @@ def time_jax(config, *, steps: int, warmup: int) -> dict[str, float]:
     state['state'], metrics = compiled(state['state'], batch)
     jax.block_until_ready(metrics['loss'])
 
-  return {**_time_steps(step, steps, warmup), 'compile_s': compile_s,
-          'flops_per_step': flops}
+  return step, {'compile_s': compile_s, 'flops_per_step': flops}
 
 
-def time_torch(config, *, steps: int, warmup: int) -> dict[str, float] | None:
+def torch_step(config) -> Callable[[], None] | None:
   """The PyTorch twin's eager step; None (with a message) when PyTorch is missing."""
   try:
     from vision_jax import benchmark_torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     print('PyTorch is not installed: `pip install torch` to compare (it is optional).')
     return None
-  step = benchmark_torch.make_train_step(
+  return benchmark_torch.make_train_step(
       config, tuple(config.data.input_shape), config.data.num_classes, config.batch_size)
-  return _time_steps(step, steps, warmup)
 
 
 def _report(name: str, result: dict[str, float], batch_size: int, flops: float) -> str:
@@ -133,11 +132,6 @@ def _report(name: str, result: dict[str, float], batch_size: int, flops: float) 
   return line
 
 
-def _default_cpu_devices(batch_size: int) -> int:
-  cores = len(os.sched_getaffinity(0))
-  return max(d for d in range(1, cores + 1) if batch_size % d == 0)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = config_lib.command_line_parser('python -m vision_jax.benchmark', __doc__)
   parser.add_argument('--batch_size', type=int, default=None,
@@ -146,32 +140,36 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compiling')
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin')
   parser.add_argument('--cpu_devices', type=int, default=None,
-                      help='JAX devices on a CPU host (default: one per core, see above)')
+                      help='JAX devices on a CPU host (default: 1, as in the trainer)')
   argv = sys.argv[1:] if argv is None else argv
   host_memory.keep_freed_memory()
   try:
     args, _ = parser.parse_known_args(argv)
     batch_size = {'batch_size': str(args.batch_size)} if args.batch_size else {}
     args, config = config_lib.parse_command_line(parser, argv, batch_size)
-    if args.cpu_devices or 'xla_force_host_platform_device_count' not in os.environ.get(
-        'XLA_FLAGS', ''):
-      use_cpu_devices(args.cpu_devices or _default_cpu_devices(config.batch_size))
-    result = time_jax(config, steps=args.steps, warmup=args.warmup)
+    if args.cpu_devices:
+      use_cpu_devices(args.cpu_devices)
+    step, result = jax_step(config)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  steps = {'jax': step}
+  if args.torch and (torch := torch_step(config)):
+    steps['torch'] = torch
+  timings = time_steps(steps, args.steps, args.warmup)
   devices = jax.devices()
   print(f'{args.config}: {config.model.name} {dict(config.model)}, batch {config.batch_size} '
         f'of {tuple(config.data.input_shape)}, {config.compute_dtype}')
   print(f'{len(devices)} {devices[0].platform} device(s), {len(os.sched_getaffinity(0))} '
-        f'cores; median of {args.steps} steps after {args.warmup} warm-up steps; '
+        f'cores; median of {args.steps} steps after {args.warmup} warm-up steps'
+        f'{", alternating frameworks" if len(steps) > 1 else ""}; '
         f'{result["flops_per_step"] / 1e9:.2f} GFLOP per step (XLA cost analysis)')
-  print(_report('jax', result, config.batch_size, result['flops_per_step']), flush=True)
-  if args.torch:
-    torch_result = time_torch(config, steps=args.steps, warmup=args.warmup)
-    if torch_result:
-      print(_report('torch', torch_result, config.batch_size, result['flops_per_step']))
-      print(f'jax / torch speed: {torch_result["ms_per_step"] / result["ms_per_step"]:.2f}x')
+  print(_report('jax', {**timings['jax'], **result}, config.batch_size,
+                result['flops_per_step']))
+  if 'torch' in timings:
+    print(_report('torch', timings['torch'], config.batch_size, result['flops_per_step']))
+    print(f'jax / torch speed: '
+          f'{timings["torch"]["ms_per_step"] / timings["jax"]["ms_per_step"]:.2f}x')
   return 0
 
 

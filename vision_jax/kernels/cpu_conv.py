@@ -61,7 +61,8 @@ _xla_only = threading.local()
 @contextlib.contextmanager
 def xla_convolutions():
   """Traces XLA's own convolutions within it, e.g. for XLA's FLOP counts (which do not
-  see inside the kernels' custom calls)."""
+  see inside the kernels' custom calls). JAX reuses a function's earlier traces, so
+  trace new functions (e.g. a new `jax.jit` of a new closure) within it."""
   previous = getattr(_xla_only, 'on', False)
   _xla_only.on = True
   try:
