@@ -10,7 +10,7 @@ sharded, state-donating update over every device), fed a random batch of the con
 steps, each of `--steps` steps is timed on its own and the median is reported as
 ms/step and examples/s, with the compile time and the FLOP/s achieved by the step's
 XLA-counted FLOPs (multiply-add = 2; convolutions counted as XLA's own, since XLA
-cannot see inside the CPU kernels of `vision_jax.kernels.cpu_conv`).
+cannot see inside the CPU kernels of `vision_jax.kernels`).
 
 `--torch` also times a PyTorch eager twin of the model (`vision_jax/benchmark_torch.py`:
 same layers, batch and optimizer, channels-last, one thread per core) in the same
@@ -32,7 +32,7 @@ import numpy as np
 
 from vision_jax import config_lib, host_memory, parallel, train
 from vision_jax.data import pipeline
-from vision_jax.kernels import cpu_conv
+from vision_jax.kernels import library
 from vision_jax.methods import get_method_class
 
 
@@ -98,7 +98,7 @@ def jax_step(config) -> tuple[Callable[[], None], dict[str, float]]:
   compile_s = time.perf_counter() - start
   # XLA cannot count inside the CPU kernels' custom calls: count the same step built
   # with XLA's convolutions (the whole step, before it is split over devices).
-  with cpu_conv.xla_convolutions():
+  with library.xla_only():
     xla_step = train.make_train_step(method, abstract_batch, mesh, config.seed)[-1]
     cost = xla_step.lower(state_spec, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

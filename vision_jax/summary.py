@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vision_jax import config_lib, models
-from vision_jax.kernels import cpu_conv
+from vision_jax.kernels import library
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _count(tree) -> int:
 
 
 def _flops(fn, *args) -> int:
-  with cpu_conv.xla_convolutions():
+  with library.xla_only():
     cost = jax.jit(fn).lower(*args).cost_analysis()
   return int(cost.get('flops', 0)) if cost else 0
 

@@ -1,4 +1,4 @@
-"""The CPU convolution kernels against XLA's convolution, and how they are chosen."""
+"""The CPU convolution kernels against XLA's convolution; how the kernels are built and chosen."""
 
 import os
 import subprocess
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from vision_jax import parallel
-from vision_jax.kernels import cpu_conv
+from vision_jax.kernels import cpu_conv, library
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-pytestmark = pytest.mark.skipif(not cpu_conv.available(),
+pytestmark = pytest.mark.skipif(not library.enabled(),
                                 reason='no C++ compiler for the kernels')
 
 
@@ -126,13 +126,13 @@ def test_other_platforms_lower_to_xla_convolutions():
   assert 'vision_jax_conv' in lowered('cpu') and 'convolution' not in lowered('cpu')
 
 
-def test_xla_convolutions_context_traces_xla_convolutions():
+def test_xla_only_context_traces_xla_convolutions():
   x, w = random((2, 8, 8, 16), 0), random((3, 3, 16, 16), 1)
   def lowered():  # a new function each time: JAX reuses the traces of a function
     conv = lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), 'SAME',
                                                       dimension_numbers=NHWC)
     return jax.jit(conv).lower(x, w).as_text()
-  with cpu_conv.xla_convolutions():
+  with library.xla_only():
     assert not cpu_conv.covered(x, w, (1, 1), 'SAME', dimension_numbers=NHWC)
     assert 'vision_jax_conv' not in lowered()
   assert 'vision_jax_conv' in lowered()
@@ -187,27 +187,27 @@ def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 CHECK = '''
     import jax, jax.numpy as jnp
-    from vision_jax.kernels import cpu_conv
+    from vision_jax.kernels import cpu_conv, library
     x, w = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))
     y = cpu_conv.conv_general_dilated(x, w, (1, 1), 'SAME',
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    print(cpu_conv.available(), float(y[0, 4, 4, 0]))
+    print(library.enabled(), float(y[0, 4, 4, 0]))
 '''
 
 
 def test_built_once_into_the_cache_and_reused(tmp_path):
   first = _python(CHECK, {'VISION_JAX_CACHE_DIR': str(tmp_path)})
   assert first.stdout.split() == ['True', '144.0'], first.stderr
-  [library] = tmp_path.glob('cpu_conv-*.so')
-  built = library.stat().st_mtime_ns
+  [built_library] = tmp_path.glob('cpu_kernels-*.so')
+  built = built_library.stat().st_mtime_ns
   second = _python(CHECK, {'VISION_JAX_CACHE_DIR': str(tmp_path)})
   assert second.stdout.split() == ['True', '144.0'], second.stderr
-  assert library.stat().st_mtime_ns == built
-  assert [p.name for p in tmp_path.iterdir()] == [library.name]  # no temporary files left
+  assert built_library.stat().st_mtime_ns == built
+  assert [p.name for p in tmp_path.iterdir()] == [built_library.name]  # no temporary files left
 
 
 @pytest.mark.parametrize('env, warning', [
-    ({'VISION_JAX_CPU_CONV': '0'}, None),
+    ({'VISION_JAX_CPU_KERNELS': '0'}, None),
     ({'CXX': 'no-such-compiler'}, 'no C++ compiler'),
     ({'CXX': 'false'}, 'did not build'),
 ])

@@ -2,39 +2,18 @@
 
 XLA:CPU runs the 3x3 and 5x5 convolutions of small CNNs at about 210-240 GFLOP/s on
 two cores and computes their weight gradients after transposing activations into
-feature-major layouts; the direct kernels of `cpu_conv.cc` reach 190-250 GFLOP/s on
-each core for the forward pass, input gradients and weight gradients alike
+feature-major layouts; the direct kernels of `cpu_conv.cc` run the forward pass, input
+gradients and weight gradients of the same convolutions at 340-490 GFLOP/s
 (BENCHMARKS.md). `Conv` is `flax.linen.Conv` with `conv_general_dilated` below, a
 drop-in for `jax.lax.conv_general_dilated` that uses these kernels for the
 convolutions they cover: float32, NHWC/HWIO, any strides and padding, no dilation or
 groups, output channels a multiple of 16 (input gradients: input channels too).
 Everything else, and every platform but the CPU (chosen when the step is lowered, by
-`jax.lax.platform_dependent`), is XLA's own convolution.
-
-The kernels are compiled for the host CPU (`g++ -O3 -march=native`) the first time a
-covered convolution is traced, into `$VISION_JAX_CACHE_DIR` (default
-`~/.cache/vision_jax`); without a compiler, XLA's convolutions are used and a warning
-says so. `VISION_JAX_CPU_CONV=0` turns the kernels off.
-
-Under `jax.jit` with the batch sharded over the mesh axis `data` of
-`jax.sharding.get_abstract_mesh()` (`vision_jax.parallel.under_mesh`; the trainer's
-steps are traced so), each device runs
-the kernels on its own shard (`jax.shard_map`) and the weight gradient is summed over
-the axis, as XLA's partitioner would do for its own convolution.
+`jax.lax.platform_dependent`), is XLA's own convolution. How the kernels are built,
+turned off, and run per device of a sharded batch: `vision_jax.kernels.library`.
 """
 
-import contextlib
-import ctypes
 import functools
-import hashlib
-import logging
-import os
-from pathlib import Path
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -42,98 +21,10 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from vision_jax import parallel
+from vision_jax.kernels import library
 
-_SOURCE = Path(__file__).with_name('cpu_conv.cc')
-_FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
-_SYMBOLS = {'vision_jax_conv_forward': 'VisionJaxConvForward',
-            'vision_jax_conv_weight_grad': 'VisionJaxConvWeightGrad'}
-_LANES = 16  # the kernels' vector width in float32 channels
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
-_DATA_AXIS = parallel.DATA_AXIS
-
-_load_lock = threading.Lock()
-_loaded: bool | None = None
-_xla_only = threading.local()
-
-
-@contextlib.contextmanager
-def xla_convolutions():
-  """Traces XLA's own convolutions within it, e.g. for XLA's FLOP counts (which do not
-  see inside the kernels' custom calls). JAX reuses a function's earlier traces, so
-  trace new functions (e.g. a new `jax.jit` of a new closure) within it."""
-  previous = getattr(_xla_only, 'on', False)
-  _xla_only.on = True
-  try:
-    yield
-  finally:
-    _xla_only.on = previous
-
-
-def _cache_dir() -> Path:
-  if os.environ.get('VISION_JAX_CACHE_DIR'):
-    return Path(os.environ['VISION_JAX_CACHE_DIR'])
-  return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'vision_jax'
-
-
-def _host_cpu() -> str:
-  """What -march=native compiles for: the CPU's model and instruction-set flags."""
-  try:
-    lines = Path('/proc/cpuinfo').read_text().splitlines()
-  except OSError:
-    return platform.machine() + platform.processor()
-  return '\n'.join(sorted({l for l in lines if l.startswith(('model name', 'flags'))}))
-
-
-def _library_path(compiler: str) -> Path:
-  key = hashlib.sha256('\0'.join([
-      _SOURCE.read_text(), compiler, ' '.join(_FLAGS), jax.__version__, _host_cpu()
-  ]).encode()).hexdigest()[:16]
-  return _cache_dir() / f'cpu_conv-{key}.so'
-
-
-def _compile(compiler: str, path: Path) -> None:
-  """Compiles into a temporary file first, so concurrent processes never see half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-    out = Path(tmp) / path.name
-    subprocess.run([compiler, *_FLAGS, '-I', jax.ffi.include_dir(), str(_SOURCE), '-o',
-                    str(out)], check=True, capture_output=True, text=True)
-    os.replace(out, path)
-
-
-def available() -> bool:
-  """Builds (once per CPU and source version) and registers the kernels; False if off."""
-  global _loaded
-  with _load_lock:
-    if _loaded is None:
-      _loaded = _load()
-    return _loaded
-
-
-def _load() -> bool:
-  if os.environ.get('VISION_JAX_CPU_CONV', '1') == '0':
-    return False
-  compiler = os.environ.get('CXX', 'g++')
-  if not shutil.which(compiler):
-    logging.warning('vision_jax: no C++ compiler (%s) for the CPU convolution kernels; '
-                    "using XLA's convolutions", compiler)
-    return False
-  path = _library_path(compiler)
-  try:
-    if not path.exists():
-      _compile(compiler, path)
-    library = ctypes.cdll.LoadLibrary(str(path))
-  except (OSError, subprocess.CalledProcessError) as e:
-    detail = getattr(e, 'stderr', '') or str(e)
-    logging.warning("vision_jax: the CPU convolution kernels did not build; using XLA's "
-                    'convolutions. %s', detail.strip()[-2000:])
-    return False
-  for target, symbol in _SYMBOLS.items():
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                platform='cpu')
-  return True
 
 
 # ---------------------------------------------------------------------------
@@ -208,53 +99,27 @@ def _xla_conv(x, w, strides, pads):
 # ---------------------------------------------------------------------------
 # Differentiable convolution: the kernels on the CPU, XLA elsewhere.
 
-def _on_cpu(x, cpu_fn, xla_fn):
-  return lax.platform_dependent(x, cpu=cpu_fn, default=xla_fn)
-
-
-def _data_mesh(batch_size: int):
-  """The ambient mesh when it splits this batch over its 'data' axis, else None."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if (mesh.empty or _DATA_AXIS not in mesh.axis_names or _DATA_AXIS in mesh.manual_axes
-      or mesh.shape[_DATA_AXIS] == 1 or batch_size % mesh.shape[_DATA_AXIS]):
-    return None
-  return mesh
-
-
-def _per_device(fn, batch_size, in_specs, out_spec, *args):
-  """fn on each device's shard of the batch (a shard_map over 'data'), or on all of it."""
-  mesh = _data_mesh(batch_size)
-  if mesh is None:
-    return fn(*args)
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_spec,
-                       axis_names={_DATA_AXIS}, check_vma=False)(*args)
-
-
-_BATCH = jax.P(_DATA_AXIS)
-
-
 def _cpu_forward(x, w, strides, pads):
-  return _per_device(lambda x, w: _forward_kernel(x, w, strides, pads), x.shape[0],
-                     (_BATCH, jax.P()), _BATCH, x, w)
+  return library.per_device(lambda x, w: _forward_kernel(x, w, strides, pads), x.shape[0],
+                            (library.BATCH, jax.P()), library.BATCH, x, w)
 
 
 def _cpu_input_grad(dy, w, input_shape, strides, pads):
   def local(dy, w):
     return _input_grad_kernel(dy, w, (dy.shape[0], *input_shape[1:]), strides, pads)
-  return _per_device(local, dy.shape[0], (_BATCH, jax.P()), _BATCH, dy, w)
+  return library.per_device(local, dy.shape[0], (library.BATCH, jax.P()), library.BATCH,
+                            dy, w)
 
 
 def _cpu_weight_grad(x, dy, kernel_shape, strides, pads):
-  sharded = _data_mesh(x.shape[0]) is not None
-  def local(x, dy):
-    dw = _weight_grad_kernel(x, dy, kernel_shape, strides, pads)
-    return lax.psum(dw, _DATA_AXIS) if sharded else dw
-  return _per_device(local, x.shape[0], (_BATCH, _BATCH), jax.P(), x, dy)
+  return library.per_device(
+      lambda x, dy: _weight_grad_kernel(x, dy, kernel_shape, strides, pads), x.shape[0],
+      (library.BATCH, library.BATCH), jax.P(), x, dy)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, w, strides, pads):
-  return _on_cpu(x, lambda x: _cpu_forward(x, w, strides, pads),
+  return library.on_cpu(x, lambda x: _cpu_forward(x, w, strides, pads),
                  lambda x: _xla_conv(x, w, strides, pads))
 
 
@@ -268,12 +133,12 @@ def _conv_bwd(strides, pads, residuals, dy):
     return jax.vjp(lambda x: _xla_conv(x, w, strides, pads), x)[1](dy)[0]
   def xla_weight_grad(dy):
     return jax.vjp(lambda w: _xla_conv(x, w, strides, pads), w)[1](dy)[0]
-  if x.shape[-1] % _LANES == 0:
-    dx = _on_cpu(dy, lambda dy: _cpu_input_grad(dy, w, x.shape, strides, pads),
+  if x.shape[-1] % library.LANES == 0:
+    dx = library.on_cpu(dy, lambda dy: _cpu_input_grad(dy, w, x.shape, strides, pads),
                  xla_input_grad)
   else:
     dx = xla_input_grad(dy)
-  dw = _on_cpu(dy, lambda dy: _cpu_weight_grad(x, dy, w.shape, strides, pads),
+  dw = library.on_cpu(dy, lambda dy: _cpu_weight_grad(x, dy, w.shape, strides, pads),
                xla_weight_grad)
   return dx, dw
 
@@ -292,8 +157,6 @@ def covered(x, w, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
             precision=None, preferred_element_type=None) -> bool:
   """Whether `conv_general_dilated` runs this convolution on the kernels (on a CPU)."""
   del precision  # float32 arithmetic either way
-  if getattr(_xla_only, 'on', False):
-    return False
   if x.ndim != 4 or w.ndim != 4 or x.dtype != jnp.float32 or w.dtype != jnp.float32:
     return False
   if preferred_element_type not in (None, jnp.float32):
@@ -306,12 +169,12 @@ def covered(x, w, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
     return False
   if lax.conv_dimension_numbers(x.shape, w.shape, dimension_numbers) != _NHWC:
     return False
-  if w.shape[3] % _LANES != 0 or x.shape[0] == 0:
+  if w.shape[3] % library.LANES != 0 or x.shape[0] == 0:
     return False
   pads = _explicit_padding(padding, x.shape, w.shape, tuple(window_strides))
   out_h = x.shape[1] + sum(pads[0]) - w.shape[0] + 1
   out_w = x.shape[2] + sum(pads[1]) - w.shape[1] + 1
-  return out_h > 0 and out_w > 0 and available()
+  return out_h > 0 and out_w > 0 and library.enabled()
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding: Any,

@@ -10,7 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision_jax.kernels import cpu_conv
+from vision_jax.kernels import cpu_batch_norm, cpu_conv
 
 # He initialisation, with torchvision's fan_out convention.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -24,11 +24,11 @@ def conv3x3(features: int, strides: int = 1, *, dtype: Any,
                        name=name)
 
 
-def batch_norm(train: bool, *, dtype: Any, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, *, dtype: Any, name: str) -> cpu_batch_norm.BatchNorm:
   # PyTorch's defaults (its momentum 0.1 weighs the new batch, Flax's weighs
   # the running average).
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, dtype=dtype, name=name)
+  return cpu_batch_norm.BatchNorm(use_running_average=not train, momentum=0.9,
+                                  epsilon=1e-5, dtype=dtype, name=name)
 
 
 def option_a_shortcut(x: jnp.ndarray, features: int,

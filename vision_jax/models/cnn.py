@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.kernels import cpu_conv
+from vision_jax.kernels import cpu_batch_norm, cpu_conv
 
 POOLINGS = ('max', 'avg', 'none')
 
@@ -112,9 +112,9 @@ class Model(nn.Module):
                           use_bias=not self.use_batchnorm, dtype=self.dtype,
                           name=name)(x)
         if self.use_batchnorm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, dtype=self.dtype,
-                           name=f'stage{stage + 1}_bn{i + 1}')(x)
+          x = cpu_batch_norm.BatchNorm(use_running_average=not train, momentum=0.9,
+                                       epsilon=1e-5, dtype=self.dtype,
+                                       name=f'stage{stage + 1}_bn{i + 1}')(x)
         x = nn.relu(x)
       x = pool_2x2(x, self.pooling)
 

@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision_jax.kernels import cpu_conv
+from vision_jax.kernels import cpu_batch_norm, cpu_conv
 
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out').
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -28,10 +28,10 @@ def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Any,
 
 
 def batch_norm(train: bool, *, dtype: Any, name: str,
-               zero_init: bool = False) -> nn.BatchNorm:
+               zero_init: bool = False) -> cpu_batch_norm.BatchNorm:
   # momentum 0.9 and epsilon 1e-5 are PyTorch's defaults (its momentum 0.1
   # weighs the new batch, Flax's weighs the running average).
-  return nn.BatchNorm(
+  return cpu_batch_norm.BatchNorm(
       use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
       scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
       name=name)
