@@ -1,20 +1,23 @@
 // Direct 2-D convolutions for XLA:CPU, called through XLA's FFI.
 //
-// Layouts are NHWC images and HWIO kernels, float32, any stride and padding.
-// The forward kernel also computes input gradients (a convolution of the output
-// gradient, dilated by the stride, with the flipped, channel-transposed kernel); the
+// Layouts are NHWC images and HWIO kernels, float32, any stride and padding. The
+// forward kernel also computes input gradients (cpu_conv.py calls it on the output
+// gradient with the flipped, channel-transposed kernel, once per stride phase); the
 // weight-gradient kernel reduces over the batch and the image.
 //
-// Both keep a block of outputs in vector registers and stream the operands past it:
-//   forward:  8 output pixels x 16 or 32 output channels; per input channel, the
-//             weights are loaded once and each pixel's input value is broadcast;
-//   weights:  up to 16 or 8 input channels x 16 or 32 output channels of one tap;
-//             per output pixel, its gradient is loaded once and each input value
-//             is broadcast.
+// Both keep a block of outputs in 16 vector registers and stream the operands past it:
+//   forward:  up to 16 output pixels x 16 output channels, or 8 x 32. With a
+//             horizontal stride of 1 and 3 or 5 taps per kernel row, each input value
+//             is broadcast once for all the taps and pixels that use it; otherwise,
+//             per input channel, the weights are loaded once and each pixel's input
+//             value is broadcast.
+//   weights:  up to 16 input channels x 16 output channels of one tap, or 8 x 32;
+//             per output pixel, its gradient is loaded once and each input value is
+//             broadcast.
 // Each image is first copied into a zero-padded scratch buffer, so the inner loops
-// have no bounds checks; images are spread over XLA's intra-op thread pool.
-// Results do not depend on thread timing: the weight gradient is summed over fixed
-// chunks of the batch in a fixed order.
+// have no bounds checks; images are spread over XLA's intra-op thread pool. Results
+// do not depend on thread timing: the weight gradient is summed over fixed chunks of
+// the batch in a fixed order.
 
 #include <algorithm>
 #include <cstdint>
