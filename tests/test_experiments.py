@@ -84,11 +84,15 @@ def test_bad_arguments_are_named(spec, error):
 def test_benchmark_runs_the_trainers_step(capsys):
   # Synthetic batches: no dataset is read.
   code = benchmark.main(['--config', CNN_MNIST + ':local', '--steps', '2', '--warmup', '1',
-                         '--batch_size', '16', '--config.data.name=no_such_dataset'])
+                         '--batch_size', '16', '--xla', '--config.data.name=no_such_dataset'])
   assert code == 0
   out = capsys.readouterr().out
   assert 'batch 16 of (28, 28, 1)' in out
   assert 'ex/s' in out and 'ms/step' in out and 'GFLOP/s' in out
+  assert out.count('ms/step') == 2 and 'jax / jax-xla speed' in out
+  # FLOPs are counted on XLA's own convolutions, which XLA can see into.
+  gflop = float(out.split(' GFLOP per step')[0].rsplit(' ', 1)[-1])
+  assert gflop > 0.01
 
 
 @pytest.mark.parametrize('spec', [CNN_MNIST, RESNET_CIFAR10, RESNET_IMAGENET + ':depth=18'])

@@ -2,7 +2,8 @@ r"""Times the trainer's compiled training step on synthetic batches.
 
   python -m vision_jax.benchmark \
       --config experiments/classification/resnet_cifar10.py [--batch_size N] \
-      [--steps N] [--warmup N] [--torch] [--cpu_devices N] [--config.<field>=<value> ...]
+      [--steps N] [--warmup N] [--xla] [--torch] [--cpu_devices N] \
+      [--config.<field>=<value> ...]
 
 The step is the one `vision_jax.train` runs (`train.make_train_step`: the same jitted,
 sharded, state-donating update over every device), fed a random batch of the config's
@@ -12,10 +13,11 @@ ms/step and examples/s, with the compile time and the FLOP/s achieved by the ste
 XLA-counted FLOPs (multiply-add = 2; convolutions counted as XLA's own, since XLA
 cannot see inside the CPU kernels of `vision_jax.kernels`).
 
-`--torch` also times a PyTorch eager twin of the model (`vision_jax/benchmark_torch.py`:
-same layers, batch and optimizer, channels-last, one thread per core) in the same
-process, alternating one JAX step and one PyTorch step, so that a shared machine's
-load falls on both alike.
+`--xla` also times the same step with XLA's own convolutions and batch norms (without
+the CPU kernels of `vision_jax.kernels`). `--torch` also times a PyTorch eager twin of
+the model (`vision_jax/benchmark_torch.py`: same layers, batch and optimizer,
+channels-last, one thread per core) in the same process. The steps take turns (one of
+each, then again), so that a shared machine's load falls on all alike.
 
 On a CPU, JAX runs one device, like the trainer (the convolution kernels use every
 core); `--cpu_devices N` splits the host into N devices instead.
@@ -125,7 +127,7 @@ def torch_step(config) -> Callable[[], None] | None:
 
 def _report(name: str, result: dict[str, float], batch_size: int, flops: float) -> str:
   ms = result['ms_per_step']
-  line = (f'{name:<6s} {batch_size / ms * 1e3:9.1f} ex/s  {ms:9.2f} ms/step '
+  line = (f'{name:<7s} {batch_size / ms * 1e3:9.1f} ex/s  {ms:9.2f} ms/step '
           f'(min {result["min_ms_per_step"]:.2f})  {flops / ms * 1e-6:7.2f} GFLOP/s')
   if 'compile_s' in result:
     line += f'  compile {result["compile_s"]:.1f} s'
@@ -139,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--steps', type=int, default=20, help='timed steps')
   parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compiling')
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin')
+  parser.add_argument('--xla', action='store_true',
+                      help="also time the step with XLA's own convolutions and batch norms "
+                      '(on a CPU: without the kernels of vision_jax.kernels)')
   parser.add_argument('--cpu_devices', type=int, default=None,
                       help='JAX devices on a CPU host (default: 1, as in the trainer)')
   argv = sys.argv[1:] if argv is None else argv
@@ -154,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   steps = {'jax': step}
+  if args.xla:
+    with library.xla_only():
+      steps['jax-xla'] = jax_step(config)[0]
   if args.torch and (torch := torch_step(config)):
     steps['torch'] = torch
   timings = time_steps(steps, args.steps, args.warmup)
@@ -166,10 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f'{result["flops_per_step"] / 1e9:.2f} GFLOP per step (XLA cost analysis)')
   print(_report('jax', {**timings['jax'], **result}, config.batch_size,
                 result['flops_per_step']))
-  if 'torch' in timings:
-    print(_report('torch', timings['torch'], config.batch_size, result['flops_per_step']))
-    print(f'jax / torch speed: '
-          f'{timings["torch"]["ms_per_step"] / timings["jax"]["ms_per_step"]:.2f}x')
+  for name in ('jax-xla', 'torch'):
+    if name in timings:
+      print(_report(name, timings[name], config.batch_size, result['flops_per_step']))
+  for name in ('jax-xla', 'torch'):
+    if name in timings:
+      print(f'jax / {name} speed: '
+            f'{timings[name]["ms_per_step"] / timings["jax"]["ms_per_step"]:.2f}x')
   return 0
 
 
