@@ -2,7 +2,7 @@ r"""Times the trainer's compiled training step on synthetic batches.
 
   python -m vision_jax.benchmark \
       --config experiments/classification/resnet_cifar10.py [--batch_size N] \
-      [--steps N] [--warmup N] [--xla] [--torch] [--cpu_devices N] \
+      [--steps N] [--warmup N] [--xla] [--torch] [--cpu_devices N] [--default_allocator] \
       [--config.<field>=<value> ...]
 
 The step is the one `vision_jax.train` runs (`train.make_train_step`: the same jitted,
@@ -16,8 +16,9 @@ cannot see inside the CPU kernels of `vision_jax.kernels`).
 `--xla` also times the same step with XLA's own convolutions and batch norms (without
 the CPU kernels of `vision_jax.kernels`). `--torch` also times a PyTorch eager twin of
 the model (`vision_jax/benchmark_torch.py`: same layers, batch and optimizer,
-channels-last, one thread per core) in the same process. The steps take turns (one of
-each, then again), so that a shared machine's load falls on all alike.
+channels-last, one thread per core) in the same process. They take turns of up to 10
+timed steps, each after an untimed one, so that a shared machine's load falls on all
+alike.
 
 On a CPU, JAX runs one device, like the trainer (the convolution kernels use every
 core); `--cpu_devices N` splits the host into N devices instead.
@@ -44,6 +45,44 @@ def use_cpu_devices(count: int) -> None:
     jax.config.update('jax_num_cpu_devices', count)
   except RuntimeError:
     pass  # The backend is up (e.g. under pytest): its devices stay.
+
+
+# The learning-rate schedule is built for a nominal run; it does not change a step's cost.
+_NOMINAL_STEPS_PER_EPOCH = 100
+
+
+def synthetic_info(config) -> pipeline.DatasetInfo:
+  num_classes = config.data.get('num_classes')
+  if not num_classes or config.data.get('input_shape') is None:
+    raise config_lib.ConfigError(
+        'the config does not set data.input_shape and data.num_classes, which the '
+        'benchmark needs to make synthetic batches')
+  return pipeline.DatasetInfo(name='synthetic', num_examples={}, num_classes=num_classes,
+                              class_names=None)
+
+
+def time_steps(steps_by_name: dict[str, Callable[[], Any]], steps: int, warmup: int,
+               block: int = 10) -> dict[str, dict[str, float]]:
+  """Median and fastest ms/step of each step function, taking turns block by block.
+
+  Each turn runs one untimed step, then up to `block` timed ones: turns spread a shared
+  machine's load over all the functions, and the untimed step absorbs the switch (e.g.
+  PyTorch's OpenMP threads spin-wait for a while after a step, taking cores from the
+  next framework's first step).
+  """
+  for step in steps_by_name.values():
+    for _ in range(warmup):
+      step()
+  times = {name: [] for name in steps_by_name}
+  while any(len(t) < steps for t in times.values()):
+    for name, step in steps_by_name.items():
+      step()
+      for _ in range(min(block, steps - len(times[name]))):
+        start = time.perf_counter()
+        step()
+        times[name].append(time.perf_counter() - start)
+  return {name: {'ms_per_step': 1e3 * statistics.median(t), 'min_ms_per_step': 1e3 * min(t)}
+          for name, t in times.items()}
 
 
 # The learning-rate schedule is built for a nominal run; it does not change a step's cost.
@@ -144,12 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--xla', action='store_true',
                       help="also time the step with XLA's own convolutions and batch norms "
                       '(on a CPU: without the kernels of vision_jax.kernels)')
+  parser.add_argument('--default_allocator', action='store_true',
+                      help="leave glibc's malloc as it is, to measure what "
+                      'vision_jax.host_memory saves (the trainer keeps freed memory)')
   parser.add_argument('--cpu_devices', type=int, default=None,
                       help='JAX devices on a CPU host (default: 1, as in the trainer)')
   argv = sys.argv[1:] if argv is None else argv
-  host_memory.keep_freed_memory()
   try:
     args, _ = parser.parse_known_args(argv)
+    if not args.default_allocator:
+      host_memory.keep_freed_memory()
     batch_size = {'batch_size': str(args.batch_size)} if args.batch_size else {}
     args, config = config_lib.parse_command_line(parser, argv, batch_size)
     if args.cpu_devices:
@@ -170,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f'of {tuple(config.data.input_shape)}, {config.compute_dtype}')
   print(f'{len(devices)} {devices[0].platform} device(s), {len(os.sched_getaffinity(0))} '
         f'cores; median of {args.steps} steps after {args.warmup} warm-up steps'
-        f'{", alternating frameworks" if len(steps) > 1 else ""}; '
+        f'{", in turns of 10" if len(steps) > 1 else ""}; '
         f'{result["flops_per_step"] / 1e9:.2f} GFLOP per step (XLA cost analysis)')
   print(_report('jax', {**timings['jax'], **result}, config.batch_size,
                 result['flops_per_step']))
