@@ -16,9 +16,9 @@ cannot see inside the CPU kernels of `vision_jax.kernels`).
 `--xla` also times the same step with XLA's own convolutions and batch norms (without
 the CPU kernels of `vision_jax.kernels`). `--torch` also times a PyTorch eager twin of
 the model (`vision_jax/benchmark_torch.py`: same layers, batch and optimizer,
-channels-last, one thread per core) in the same process. They take turns of up to 10
-timed steps, each after an untimed one, so that a shared machine's load falls on all
-alike.
+channels-last, one thread per core) in the same process. They take turns of 10 timed
+steps, each turn after 3 untimed ones (the first steps after a switch are slower), so
+that a shared machine's load falls on all alike.
 
 On a CPU, JAX runs one device, like the trainer (the convolution kernels use every
 core); `--cpu_devices N` splits the host into N devices instead.
@@ -62,13 +62,13 @@ def synthetic_info(config) -> pipeline.DatasetInfo:
 
 
 def time_steps(steps_by_name: dict[str, Callable[[], Any]], steps: int, warmup: int,
-               block: int = 10) -> dict[str, dict[str, float]]:
+               block: int = 10, settle: int = 3) -> dict[str, dict[str, float]]:
   """Median and fastest ms/step of each step function, taking turns block by block.
 
-  Each turn runs one untimed step, then up to `block` timed ones: turns spread a shared
-  machine's load over all the functions, and the untimed step absorbs the switch (e.g.
-  PyTorch's OpenMP threads spin-wait for a while after a step, taking cores from the
-  next framework's first step).
+  Each turn runs `settle` untimed steps, then up to `block` timed ones: turns spread a
+  shared machine's load over all the functions, and the untimed steps absorb the
+  switch (right after PyTorch's steps, the JAX step's first two run up to 40% slower,
+  while PyTorch's OpenMP threads still hold the cores).
   """
   for step in steps_by_name.values():
     for _ in range(warmup):
@@ -76,7 +76,8 @@ def time_steps(steps_by_name: dict[str, Callable[[], Any]], steps: int, warmup: 
   times = {name: [] for name in steps_by_name}
   while any(len(t) < steps for t in times.values()):
     for name, step in steps_by_name.items():
-      step()
+      for _ in range(settle):
+        step()
       for _ in range(min(block, steps - len(times[name]))):
         start = time.perf_counter()
         step()

@@ -64,10 +64,10 @@ def _input_grad_kernel(dy, w, input_shape, strides, pads):
   phase_cols = [_phase(r, strides[1], pads[1][0], w.shape[1], dy.shape[2], wd)
                 for r in range(strides[1])]
   rows = []
-  for taps_y, pads_y, size_y in phase_rows:
+  for taps_y, count_y, pads_y, size_y in phase_rows:
     cols = []
-    for taps_x, pads_x, size_x in phase_cols:
-      if not len(range(w.shape[0])[taps_y]) or not len(range(w.shape[1])[taps_x]):
+    for taps_x, count_x, pads_x, size_x in phase_cols:
+      if not count_y or not count_x:
         # No kernel tap reaches this phase (e.g. a 1x1 kernel with stride 2).
         cols.append(jnp.zeros((n, size_y, size_x, ci), dy.dtype))
         continue
@@ -80,7 +80,8 @@ def _input_grad_kernel(dy, w, input_shape, strides, pads):
 
 
 def _phase(r, stride, pad, kernel, dy_size, size):
-  """Kernel taps (a slice), padding of dy and output length of phase r along one axis.
+  """Kernel taps (a slice) and their count, padding of dy and output length of phase r
+  along one axis.
 
   Every phase produces ceil(size / stride) rows, so the phases stack; rows beyond
   `size` are cropped after interleaving.
@@ -89,7 +90,7 @@ def _phase(r, stride, pad, kernel, dy_size, size):
   count = len(range(kernel)[taps])
   rows = -(-size // stride)
   top = count - 1 - (r + pad) // stride
-  return taps, (top, rows + count - 1 - dy_size - top), rows
+  return taps, count, (top, rows + count - 1 - dy_size - top), rows
 
 
 def _xla_conv(x, w, strides, pads):
@@ -120,7 +121,7 @@ def _cpu_weight_grad(x, dy, kernel_shape, strides, pads):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, w, strides, pads):
   return library.on_cpu(x, lambda x: _cpu_forward(x, w, strides, pads),
-                 lambda x: _xla_conv(x, w, strides, pads))
+                        lambda x: _xla_conv(x, w, strides, pads))
 
 
 def _conv_fwd(x, w, strides, pads):
@@ -135,11 +136,11 @@ def _conv_bwd(strides, pads, residuals, dy):
     return jax.vjp(lambda w: _xla_conv(x, w, strides, pads), w)[1](dy)[0]
   if x.shape[-1] % library.LANES == 0:
     dx = library.on_cpu(dy, lambda dy: _cpu_input_grad(dy, w, x.shape, strides, pads),
-                 xla_input_grad)
+                        xla_input_grad)
   else:
     dx = xla_input_grad(dy)
   dw = library.on_cpu(dy, lambda dy: _cpu_weight_grad(x, dy, w.shape, strides, pads),
-               xla_weight_grad)
+                      xla_weight_grad)
   return dx, dw
 
 
