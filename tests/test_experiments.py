@@ -95,6 +95,15 @@ def test_benchmark_runs_the_trainers_step(capsys):
   assert gflop > 0.01
 
 
+def test_benchmark_steps_take_turns_after_untimed_steps():
+  calls = []
+  timings = benchmark.time_steps({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')},
+                                 steps=12, warmup=1, block=10, settle=3)
+  # Warm-up, then turns of 3 untimed and up to 10 timed steps until 12 are timed.
+  assert ''.join(calls) == 'ab' + 'a' * 13 + 'b' * 13 + 'a' * 5 + 'b' * 5
+  assert set(timings) == {'a', 'b'} and timings['a']['ms_per_step'] >= 0
+
+
 @pytest.mark.parametrize('spec', [CNN_MNIST, RESNET_CIFAR10, RESNET_IMAGENET + ':depth=18'])
 def test_torch_twins_have_the_same_parameters(spec):
   pytest.importorskip('torch')

@@ -86,36 +86,6 @@ def time_steps(steps_by_name: dict[str, Callable[[], Any]], steps: int, warmup: 
           for name, t in times.items()}
 
 
-# The learning-rate schedule is built for a nominal run; it does not change a step's cost.
-_NOMINAL_STEPS_PER_EPOCH = 100
-
-
-def synthetic_info(config) -> pipeline.DatasetInfo:
-  num_classes = config.data.get('num_classes')
-  if not num_classes or config.data.get('input_shape') is None:
-    raise config_lib.ConfigError(
-        'the config does not set data.input_shape and data.num_classes, which the '
-        'benchmark needs to make synthetic batches')
-  return pipeline.DatasetInfo(name='synthetic', num_examples={}, num_classes=num_classes,
-                              class_names=None)
-
-
-def time_steps(steps_by_name: dict[str, Callable[[], Any]], steps: int,
-               warmup: int) -> dict[str, dict[str, float]]:
-  """Median and fastest ms/step of each step function, taking turns step by step."""
-  for step in steps_by_name.values():
-    for _ in range(warmup):
-      step()
-  times = {name: [] for name in steps_by_name}
-  for _ in range(steps):
-    for name, step in steps_by_name.items():
-      start = time.perf_counter()
-      step()
-      times[name].append(time.perf_counter() - start)
-  return {name: {'ms_per_step': 1e3 * statistics.median(t), 'min_ms_per_step': 1e3 * min(t)}
-          for name, t in times.items()}
-
-
 def jax_step(config) -> tuple[Callable[[], None], dict[str, float]]:
   """The trainer's compiled step as a closure, with its compile seconds and FLOPs."""
   mesh = parallel.make_mesh()
