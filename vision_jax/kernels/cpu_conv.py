@@ -3,7 +3,7 @@
 XLA:CPU runs the 3x3 and 5x5 convolutions of small CNNs at about 210-240 GFLOP/s on
 two cores and computes their weight gradients after transposing activations into
 feature-major layouts; the direct kernels of `cpu_conv.cc` run the forward pass, input
-gradients and weight gradients of the same convolutions at 340-490 GFLOP/s
+gradients and weight gradients of the same convolutions at 390-500 GFLOP/s
 (BENCHMARKS.md). `Conv` is `flax.linen.Conv` with `conv_general_dilated` below, a
 drop-in for `jax.lax.conv_general_dilated` that uses these kernels for the
 convolutions they cover: float32, NHWC/HWIO, any strides and padding, no dilation or
