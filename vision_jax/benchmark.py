@@ -86,7 +86,8 @@ def time_steps(steps_by_name: dict[str, Callable[[], Any]], steps: int, warmup: 
           for name, t in times.items()}
 
 
-def jax_step(config) -> tuple[Callable[[], None], dict[str, float]]:
+def jax_step(config, count_flops: bool = True
+             ) -> tuple[Callable[[], None], dict[str, float]]:
   """The trainer's compiled step as a closure, with its compile seconds and FLOPs."""
   mesh = parallel.make_mesh()
   info = synthetic_info(config)
@@ -108,13 +109,15 @@ def jax_step(config) -> tuple[Callable[[], None], dict[str, float]]:
   start = time.perf_counter()
   compiled = train_step.lower(state_spec, batch).compile()
   compile_s = time.perf_counter() - start
-  # XLA cannot count inside the CPU kernels' custom calls: count the same step built
-  # with XLA's convolutions (the whole step, before it is split over devices).
-  with library.xla_only():
-    xla_step = train.make_train_step(method, abstract_batch, mesh, config.seed)[-1]
-    cost = xla_step.lower(state_spec, batch).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', 0.0)) if cost else 0.0
+  flops = 0.0
+  if count_flops:
+    # XLA cannot count inside the CPU kernels' custom calls: count the same step built
+    # with XLA's convolutions (the whole step, before it is split over devices).
+    with library.xla_only():
+      xla_step = train.make_train_step(method, abstract_batch, mesh, config.seed)[-1]
+      cost = xla_step.lower(state_spec, batch).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get('flops', 0.0)) if cost else 0.0
 
   state = {'state': init()}
   def step():
@@ -175,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   steps = {'jax': step}
   if args.xla:
     with library.xla_only():
-      steps['jax-xla'] = jax_step(config)[0]
+      steps['jax-xla'] = jax_step(config, count_flops=False)[0]
   if args.torch and (torch := torch_step(config)):
     steps['torch'] = torch
   timings = time_steps(steps, args.steps, args.warmup)

@@ -297,32 +297,31 @@ void WeightGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
 // ---------------------------------------------------------------------------
 // FFI handlers.
 
-ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w_or_dw,
-                       ffi::Span<const int64_t> y) {
-  if (x.size() != 4 || w_or_dw.size() != 4 || y.size() != 4)
+// Checks an image x, a kernel (or its gradient) and an output (or its gradient), and
+// sets *g to their convolution's geometry.
+ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                        ffi::Span<const int64_t> y, int64_t stride_h, int64_t stride_w,
+                        int64_t pad_top, int64_t pad_left, Geometry* g) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4)
     return ffi::Error::InvalidArgument("cpu_conv: operands must be NHWC and HWIO arrays");
-  if (x[0] != y[0] || x[3] != w_or_dw[2] || y[3] != w_or_dw[3] || y[3] % kLanes != 0)
+  if (x[0] != y[0] || x[3] != w[2] || y[3] != w[3] || y[3] % kLanes != 0)
     return ffi::Error::InvalidArgument("cpu_conv: operand shapes do not match");
-  if (y[1] < 1 || y[2] < 1 || w_or_dw[0] < 1 || w_or_dw[1] < 1)
+  if (y[1] < 1 || y[2] < 1 || w[0] < 1 || w[1] < 1)
     return ffi::Error::InvalidArgument("cpu_conv: empty output or kernel");
+  if (stride_h < 1 || stride_w < 1) return ffi::Error::InvalidArgument("cpu_conv: bad stride");
+  *g = Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
+                stride_h, stride_w, pad_top, pad_left};
   return ffi::Error::Success();
-}
-
-Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                      ffi::Span<const int64_t> y, int64_t stride_h, int64_t stride_w,
-                      int64_t pad_top, int64_t pad_left) {
-  return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
-                  stride_h, stride_w, pad_top, pad_left};
 }
 
 ffi::Error ForwardHandler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> w, int64_t stride_h, int64_t stride_w,
                           int64_t pad_top, int64_t pad_left, ffi::ResultBuffer<ffi::F32> y) {
-  if (ffi::Error e = CheckShapes(x.dimensions(), w.dimensions(), y->dimensions()); e.failure())
+  Geometry g;
+  if (ffi::Error e = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride_h,
+                                  stride_w, pad_top, pad_left, &g);
+      e.failure())
     return e;
-  if (stride_h < 1 || stride_w < 1) return ffi::Error::InvalidArgument("cpu_conv: bad stride");
-  const Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride_h,
-                                  stride_w, pad_top, pad_left);
   Forward(pool, g, x.typed_data(), w.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
@@ -331,38 +330,34 @@ ffi::Error WeightGradHandler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                              ffi::Buffer<ffi::F32> dy, int64_t stride_h, int64_t stride_w,
                              int64_t pad_top, int64_t pad_left,
                              ffi::ResultBuffer<ffi::F32> dw) {
-  if (ffi::Error e = CheckShapes(x.dimensions(), dw->dimensions(), dy.dimensions()); e.failure())
+  Geometry g;
+  if (ffi::Error e = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(),
+                                  stride_h, stride_w, pad_top, pad_left, &g);
+      e.failure())
     return e;
-  if (stride_h < 1 || stride_w < 1) return ffi::Error::InvalidArgument("cpu_conv: bad stride");
-  const Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(),
-                                  stride_h, stride_w, pad_top, pad_left);
   WeightGrad(pool, g, x.typed_data(), dy.typed_data(), dw->typed_data());
   return ffi::Error::Success();
+}
+
+// Both handlers take two float32 arrays, the strides and the leading padding, and
+// return one float32 array.
+auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("stride_h")
+      .Attr<int64_t>("stride_w")
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left")
+      .Ret<ffi::Buffer<ffi::F32>>();
 }
 
 }  // namespace
 }  // namespace vision_jax
 
-namespace ffi = xla::ffi;
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VisionJaxConvForward, vision_jax::ForwardHandler,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left")
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              vision_jax::ConvBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VisionJaxConvWeightGrad, vision_jax::WeightGradHandler,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left")
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              vision_jax::ConvBinding());
