@@ -160,6 +160,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = ''
+  # The C++ convolution and batch-norm kernels of `vision_jax.kernels` on XLA:CPU, in
+  # place of Flax's layers (opt-in; ignored on other backends).
+  config.model.cpu_kernels = False
+
+  # Start from another run's weights (unless this workdir has a checkpoint): `path` is
+  # its workdir or a checkpoint folder, `step` None for its latest, `subtrees` the
+  # '/'-separated state paths to copy ('params/backbone'), or 'source:target' pairs.
+  config.init_from = ml_collections.ConfigDict(dict(
+      path=placeholder(str), step=placeholder(int), subtrees=('params', 'model_state')))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='sgd', momentum=0.9, nesterov=False, b1=0.9, b2=0.999, weight_decay=0.0,

@@ -25,7 +25,7 @@ def get_config(arg=None):
   # Size-agnostic ops, so the same config trains on other datasets unchanged.
   keep = '|keep("image", "label")'
   config.data.pp_train = 'decode|random_crop(pad=1)|value_range(0, 1)' + keep
-  config.data.pp_eval = 'decode|value_range(0, 1)' + keep
+  pp_eval = 'decode|value_range(0, 1)' + keep
 
   config.model.name = 'cnn'
   config.model.features = (32, 64)
@@ -41,7 +41,7 @@ def get_config(arg=None):
   config.schedule.name = 'cosine'
   config.schedule.warmup_steps = 50
 
-  config.evals.eval = dict(type='classification', split='test', pp=config.data.pp_eval,
+  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
                            batch_size=120, num_figure_images=32)
 
   if arg == 'local':

@@ -37,7 +37,7 @@ def get_config(arg=None):
   config.data.name = 'mnist'
   # decode(1): grey, whatever an image folder holds.
   config.data.pp_train = 'decode(1)|resize(28)|value_range(0, 1)|random_crop(28, pad=2)'
-  config.data.pp_eval = 'decode(1)|resize(28)|value_range(0, 1)'
+  pp_eval = 'decode(1)|resize(28)|value_range(0, 1)'
   # A preprocessed example and the class count, for the tools that build the model
   # without the dataset (vision_jax.summary, vision_jax.benchmark).
   config.data.input_shape = (28, 28, 1)
@@ -62,7 +62,7 @@ def get_config(arg=None):
   config.schedule.name = 'cosine'
   config.schedule.warmup_epochs = 1
 
-  config.evals.eval = dict(type='classification', split='test', pp=config.data.pp_eval,
+  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
                            batch_size=1000, num_figure_images=32)
 
   if 'local' in args:

@@ -31,9 +31,9 @@ def get_config(arg=None):
 
   config.data.name = 'digits'
   config.data.pp_train = 'decode|value_range(0, 1)'
-  config.data.pp_eval = 'decode|value_range(0, 1)'
+  pp_eval = 'decode|value_range(0, 1)'
 
-  config.evals.eval = dict(type='classification', split='test', pp=config.data.pp_eval,
+  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
                            batch_size=120, num_figure_images=32)
   config.evals.naive_bayes = dict(type='naive_bayes')
 

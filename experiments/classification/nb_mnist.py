@@ -30,9 +30,9 @@ def get_config(arg=None):
   config.data.name = 'mnist'
   # `keep` drops the file names an image folder adds to each example.
   config.data.pp_train = 'decode(1)|value_range(0, 1)|keep("image", "label")'
-  config.data.pp_eval = config.data.pp_train
+  pp_eval = config.data.pp_train
 
-  config.evals.eval = dict(type='classification', split='test', pp=config.data.pp_eval,
+  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
                            batch_size=1000, num_figure_images=32)
   config.evals.naive_bayes = dict(type='naive_bayes')
 

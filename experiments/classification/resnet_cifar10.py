@@ -46,7 +46,7 @@ def get_config(arg=None):
   # Normalising before the padded crop pads with the mean colour (zeros after
   # normalisation), as the paper pads its mean-subtracted images.
   config.data.pp_train = f'decode|{normalize}|random_crop(32, pad=4)|flip_lr'
-  config.data.pp_eval = f'decode|{normalize}'
+  pp_eval = f'decode|{normalize}'
   # A preprocessed example and the class count, for the tools that build the model
   # without the dataset (vision_jax.summary, vision_jax.benchmark).
   config.data.input_shape = (32, 32, 3)
@@ -71,7 +71,7 @@ def get_config(arg=None):
     # warm-up over the same span serves the same purpose.
     config.schedule.warmup_steps = 400
 
-  config.evals.eval = dict(type='classification', split='test', pp=config.data.pp_eval,
+  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
                            batch_size=1000, num_figure_images=32)
 
   if 'local' in args:

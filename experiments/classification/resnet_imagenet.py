@@ -54,7 +54,7 @@ def get_config(arg=None):
   config.label_smoothing = 0.0  # 0.1 is the usual choice when enabled (+~0.3% top-1).
 
   config.data.name = 'imagenet2012'
-  config.data.pp_train, config.data.pp_eval = preprocessing(224)
+  config.data.pp_train, pp_eval = preprocessing(224)
   config.data.cache = False  # 150 GB of JPEGs do not fit in memory.
   # A preprocessed example and the class count, for the tools that build the model
   # without the dataset (vision_jax.summary, vision_jax.benchmark).
@@ -77,12 +77,12 @@ def get_config(arg=None):
   config.schedule.warmup_epochs = 5
 
   # top1 is `accuracy`; the evaluator also reports `top5_accuracy`.
-  config.evals.eval = dict(type='classification', split='validation', pp=config.data.pp_eval,
+  config.evals.eval = dict(type='classification', split='validation', pp=pp_eval,
                            batch_size=1024, num_figure_images=32)
 
   if 'local' in args:
     config.data.name = 'fake_images/imagenet2012'
-    config.data.pp_train, config.data.pp_eval = preprocessing(64)
+    config.data.pp_train, pp_eval = preprocessing(64)
     config.data.cache = True
     config.data.input_shape = (64, 64, 3)
     config.model.num_filters = 8
@@ -94,6 +94,6 @@ def get_config(arg=None):
     config.checkpoint_every_steps = 3
     config.schedule.warmup_epochs = None
     config.schedule.warmup_steps = 1
-    config.evals.eval.pp = config.data.pp_eval
+    config.evals.eval.pp = pp_eval
     config.evals.eval.batch_size = 64
   return config
