@@ -1,5 +1,6 @@
 """`scenes` and `scenes_video`: annotations agree with pixels, texts are true, data is fixed."""
 
+import ast
 import hashlib
 import os
 import re
@@ -8,7 +9,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from vision_jax.data import generation
 from vision_jax.data import scenes
+from vision_jax.data import scenes_language as language
+from vision_jax.data import scenes_preview
+from vision_jax.data import scenes_render as render
 from vision_jax.data import scenes_video
 from vision_jax.data import text
 
@@ -45,20 +50,20 @@ def _alternatives(words):
   return '|'.join(sorted(map(re.escape, words), key=len, reverse=True))
 
 
-_SIZE = {w: k for k, ws in scenes.SIZE_WORDS.items() for w in ws}
-_COLOR = {w: k for k, ws in scenes.COLOR_WORDS.items() for w in ws}
+_SIZE = {w: k for k, ws in language.SIZE_WORDS.items() for w in ws}
+_COLOR = {w: k for k, ws in language.COLOR_WORDS.items() for w in ws}
 _NOUN = {}  # word -> (shape or None for 'object', plural)
-for _shape, _words in list(scenes.SHAPE_WORDS.items()) + [(None, scenes.OBJECT_WORDS)]:
+for _shape, _words in list(language.SHAPE_WORDS.items()) + [(None, language.OBJECT_WORDS)]:
   for _word in _words:
     _NOUN[_word] = (_shape, False)
-    _NOUN[scenes.plural(_word)] = (_shape, True)
-_DETERMINERS = ('a', 'an') + scenes.NUMBER_WORDS
+    _NOUN[language.plural(_word)] = (_shape, True)
+_DETERMINERS = ('a', 'an') + language.NUMBER_WORDS
 _NP_PARTS = (rf'(?:({_alternatives(_DETERMINERS)}) )?(?:({_alternatives(_SIZE)}) )?'
              rf'(?:({_alternatives(_COLOR)}) )?({_alternatives(_NOUN)})')
 NP = re.sub(r'\((?!\?)', '(?:', _NP_PARTS)  # the same pattern without groups
-_RELATION = {w: rel for rel, ws in scenes.RELATION_WORDS.items() for w in ws}
+_RELATION = {w: rel for rel, ws in language.RELATION_WORDS.items() for w in ws}
 REL = _alternatives(_RELATION)
-_LOCATION = {w: where for where, ws in scenes.LOCATION_WORDS.items() for w in ws}
+_LOCATION = {w: where for where, ws in language.LOCATION_WORDS.items() for w in ws}
 LOC = _alternatives(_LOCATION)
 
 
@@ -88,7 +93,7 @@ def _the(objects, phrase):
 
 
 def _holds(rel, a, b):
-  margin = scenes.RELATION_MARGIN
+  margin = language.RELATION_MARGIN
   return {'left': a['cx'] < b['cx'] - margin, 'right': a['cx'] > b['cx'] + margin,
           'above': a['cy'] < b['cy'] - margin, 'below': a['cy'] > b['cy'] + margin}[rel]
 
@@ -121,11 +126,11 @@ def check_caption(caption, objects):
     if phrase['det'] in ('a', 'an'):
       assert _matching(objects, part), caption
     else:  # a number: exactly that many
-      assert len(_matching(objects, part)) == scenes.NUMBER_WORDS.index(phrase['det']), caption
+      assert len(_matching(objects, part)) == language.NUMBER_WORDS.index(phrase['det']), caption
   if all(p['det'] in ('a', 'an') for p in phrases):
     assert len(phrases) == len(objects), f'{caption} does not list every object'
   else:
-    assert sum(scenes.NUMBER_WORDS.index(p['det']) for p in phrases) == len(objects), caption
+    assert sum(language.NUMBER_WORDS.index(p['det']) for p in phrases) == len(objects), caption
 
 
 def expected_answer(question, objects):
@@ -140,7 +145,7 @@ def expected_answer(question, objects):
     return _the(objects, next(filter(None, m.groups())))['size']
   if m := re.fullmatch(rf'how many ({NP}) are (?:there|in the image)\?|'
                        rf'what is the number of ({NP})\?', q):
-    return scenes.NUMBER_WORDS[len(_matching(objects, next(filter(None, m.groups()))))]
+    return language.NUMBER_WORDS[len(_matching(objects, next(filter(None, m.groups()))))]
   if m := re.fullmatch(rf'is there (?:a|an) ({NP})\?|are there any ({NP})\?', q):
     return 'yes' if _matching(objects, next(filter(None, m.groups()))) else 'no'
   if m := re.fullmatch(rf'is the ({NP}) (left or right of|above or below) the ({NP})\?', q):
@@ -215,7 +220,7 @@ def test_label_is_the_most_visible_object(examples):
 
 
 def test_a_hidden_object_is_left_out():
-  style = scenes.random_object_style(np.random.default_rng(0), 2, 32, [0, 1])
+  style = render.random_object_style(np.random.default_rng(0), 2, 32, [0, 1])
   style['shape'][:] = [0, 1]  # a circle behind a square
   style['radius'][:] = [3.5, 7.0]
 
@@ -223,7 +228,7 @@ def test_a_hidden_object_is_left_out():
     def uniform(self, low, high, shape):
       return np.full(shape, 16.0)
 
-  sdfs, keep = scenes.place_objects(SameSpot(), style, 32)
+  sdfs, keep = render.place_objects(SameSpot(), style, 32)
   assert keep.tolist() == [False, True] and len(sdfs) == 1
 
 
@@ -287,7 +292,7 @@ def test_regeneration_gives_identical_bytes(tiny, tmp_path):
 
 
 def test_workers_give_what_one_process_gives():
-  workers = scenes.Workers(count=2, chunk=8)
+  workers = generation.Workers(count=2, chunk=8)
   try:
     parallel = list(workers.map(scenes.encoded_example, 30, TINY, 'validation'))
   finally:
@@ -298,10 +303,31 @@ def test_workers_give_what_one_process_gives():
 def test_rotation_is_counterclockwise():
   # A triangle points up at angle 0; turned a quarter counterclockwise it points left.
   # Centred on pixel (15, 15), its tip reaches 8 pixels out, its base 4.
-  up = scenes.object_sdf('triangle', 15.5, 15.5, 6.0, 0.0, 32)
-  left = scenes.object_sdf('triangle', 15.5, 15.5, 6.0, np.pi / 2, 32)
+  up = render.object_sdf('triangle', 15.5, 15.5, 6.0, 0.0, 32)
+  left = render.object_sdf('triangle', 15.5, 15.5, 6.0, np.pi / 2, 32)
   assert up[9, 15] < 0 < up[21, 15]
   assert left[15, 9] < 0 < left[15, 21]
+
+
+def _imports(module):
+  """The vision_jax.data modules that `module` imports (read from its source)."""
+  tree = ast.parse(open(module.__file__).read())
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module == 'vision_jax.data':
+      names |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('vision_jax.data.'):
+      names.add(node.module.split('.')[2])
+  return names
+
+
+def test_the_scenes_modules_form_no_cycle():
+  assert _imports(render) == set()
+  assert _imports(language) == {'scenes_render'}
+  assert _imports(generation) == set()
+  assert _imports(scenes) == {'generation', 'scenes_language', 'scenes_render', 'text'}
+  assert _imports(scenes_video) == {'generation', 'scenes_render', 'text'}
+  assert _imports(scenes_preview) == {'scenes', 'scenes_video'}
 
 
 @pytest.mark.parametrize('motion', scenes_video.MOTIONS)
@@ -323,7 +349,7 @@ def test_motion_paths(motion):
     assert (steps[key] * direction > 0).all()
   if motion == 'bouncing':
     assert (steps['cy'] > 0).any() and (steps['cy'] < 0).any()
-  reach = scenes.SHAPE_EXTENT * radius
+  reach = render.SHAPE_EXTENT * radius
   assert (cx - reach >= 0).all() and (cx + reach <= 32).all()
   assert (cy - reach >= 0).all() and (cy + reach <= 32).all()
 
@@ -341,7 +367,7 @@ def test_video_clips(tmp_path):
 
 
 def test_preview_writes_images(tmp_path):
-  scenes.main(['--config', 'single', '--out', str(tmp_path), '--num', '2'])
-  scenes.main(['--config', 'video', '--out', str(tmp_path), '--num', '2'])
+  scenes_preview.main(['--config', 'single', '--out', str(tmp_path), '--num', '2'])
+  scenes_preview.main(['--config', 'video', '--out', str(tmp_path), '--num', '2'])
   assert sorted(os.listdir(tmp_path)) == [
       'scenes_single_train.png', 'scenes_video_train.gif', 'scenes_video_train_frames.png']

@@ -10,25 +10,25 @@ frame cannot tell the class: a model has to compare frames.
 
 Features: `video` (uint8 [T, H, W, 3]), `label` (MOTIONS, usable as text) and
 `caption` ('a red star moving left'). The caption vocabulary is in the metadata
-(`scenes.vocabulary(builder)`).
+(`text.from_metadata(builder.info.metadata)`).
 
-Look at the data: python -m vision_jax.data.scenes --config video --out /tmp/scenes
+Look at the data: python -m vision_jax.data.scenes_preview --config video --out /tmp/scenes
 """
 
 import dataclasses
-import math
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vision_jax.data import scenes
+from vision_jax.data import generation
+from vision_jax.data import scenes_render as render
+from vision_jax.data import text
 
 MOTIONS = ('moving left', 'moving right', 'moving up', 'moving down', 'growing',
            'shrinking', 'rotating clockwise', 'rotating counterclockwise', 'bouncing',
            'circling')
 # A turning circle looks still, so actors are the other shapes.
-ACTOR_SHAPES = tuple(s for s in scenes.SHAPES if s != 'circle')
+ACTOR_SHAPES = tuple(s for s in render.SHAPES if s != 'circle')
 
 
 @dataclasses.dataclass
@@ -72,7 +72,7 @@ def motion_path(rng, motion: str, num_frames: int, size: int) -> dict[str, np.nd
   if motion.startswith('rotating'):
     turn = np.deg2rad(rng.uniform(4, 7)) * (num_frames - 1)
     angle = angle + (turn if motion.endswith('counterclockwise') else -turn) * t
-  low = scenes.SHAPE_EXTENT * float(radius.max()) + 0.5
+  low = render.SHAPE_EXTENT * float(radius.max()) + 0.5
   high = size - low
   cx, cy = _between(rng, low, high) * still, _between(rng, low, high) * still
   if motion.startswith('moving'):
@@ -97,36 +97,37 @@ def motion_path(rng, motion: str, num_frames: int, size: int) -> dict[str, np.nd
 
 def generate_clip(config: ScenesVideoConfig, split: str, index: int) -> dict:
   """One clip as numpy arrays; a pure function of (seed, split, index)."""
-  rng = np.random.default_rng([config.seed, scenes.SPLIT_IDS[split], index])
+  rng = np.random.default_rng([config.seed, generation.SPLIT_IDS[split], index])
   size, num_frames = config.image_size, config.num_frames
   label = int(rng.integers(len(MOTIONS)))
   shape = ACTOR_SHAPES[rng.integers(len(ACTOR_SHAPES))]
-  color = int(rng.integers(len(scenes.COLORS)))
-  rgb = np.clip(scenes.COLOR_RGB[color] + rng.normal(0, 10, 3), 0, 255).astype(np.float32)
+  color = int(rng.integers(len(render.COLORS)))
+  rgb = np.clip(render.COLOR_RGB[color] + rng.normal(0, 10, 3), 0, 255).astype(np.float32)
   path = {k: v[:, None, None] for k, v in
           motion_path(rng, MOTIONS[label], num_frames, size).items()}
 
-  image = scenes.background(rng, size)
+  image = render.background(rng, size)
   num_distractors = rng.integers(config.max_distractors + 1)
-  still = scenes.random_object_style(rng, num_distractors, size, np.arange(len(scenes.CLASS_NAMES)))
-  sdfs = [scenes.object_sdf(scenes.SHAPES[s], *rng.uniform(0, size, 2), r, a, size)
+  still = render.random_object_style(rng, num_distractors, size,
+                                     np.arange(len(render.CLASS_NAMES)))
+  sdfs = [render.object_sdf(render.SHAPES[s], *rng.uniform(0, size, 2), r, a, size)
           for s, r, a in zip(still['shape'], still['radius'], still['angle'])]
-  image = scenes.composite(image, sdfs, still['rgb'])
+  image = render.composite(image, sdfs, still['rgb'])
 
-  actor = scenes.object_sdf(shape, path['cx'], path['cy'], path['radius'], path['angle'], size)
-  frames = scenes.composite(image, [actor], [rgb])
+  actor = render.object_sdf(shape, path['cx'], path['cy'], path['radius'], path['angle'], size)
+  frames = render.composite(image, [actor], [rgb])
   frames += rng.uniform(1, 6) * rng.standard_normal(frames.shape, np.float32)
-  return {'video': scenes.to_uint8(frames), 'label': label,
-          'caption': f'a {scenes.COLORS[color]} {shape} {MOTIONS[label]}'}
+  return {'video': render.to_uint8(frames), 'label': label,
+          'caption': f'a {render.COLORS[color]} {shape} {MOTIONS[label]}'}
 
 
 def encoded_clip(config: ScenesVideoConfig, split: str, index: int) -> dict:
   """`generate_clip` as TFDS takes it: frames as PNG."""
   clip = generate_clip(config, split, index)
-  return clip | {'video': [scenes.png(frame) for frame in clip['video']]}
+  return clip | {'video': [generation.png(frame) for frame in clip['video']]}
 
 
-class ScenesVideo(scenes.GeneratedBuilder):
+class ScenesVideo(generation.GeneratedBuilder):
   """Clips of a moving coloured shape, classified by its motion."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -161,40 +162,4 @@ class ScenesVideo(scenes.GeneratedBuilder):
         captions.append(clip['caption'])
       yield index, clip
     if split == 'train':
-      self.info.metadata.update(scenes.text_metadata({'caption': captions}))
-
-
-def preview(config: ScenesVideoConfig, split: str, num: int, out: str) -> list[str]:
-  """Writes a frame strip (one clip per row) and an animated GIF of the clips."""
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
-  zoom, label_width, pad = 3, 150, 2
-  clips = [generate_clip(config, split, i) for i in range(num)]
-  size = config.image_size * zoom
-  strip = Image.new('RGB', (label_width + config.num_frames * (size + pad), num * (size + pad)),
-                    'white')
-  draw = ImageDraw.Draw(strip)
-  for row, clip in enumerate(clips):
-    top = row * (size + pad)
-    draw.text((4, top + size // 2 - 6), MOTIONS[clip['label']], fill='black')
-    for col, frame in enumerate(clip['video']):
-      strip.paste(Image.fromarray(frame).resize((size, size), Image.NEAREST),
-                  (label_width + col * (size + pad), top))
-  strip_path = os.path.join(out, f'scenes_video_{split}_frames.png')
-  strip.save(strip_path)
-
-  columns = math.ceil(math.sqrt(num))
-  rows = math.ceil(num / columns)
-  gif_frames = []
-  for t in range(config.num_frames):
-    canvas = Image.new('RGB', (columns * (size + pad), rows * (size + pad + 12)), 'white')
-    draw = ImageDraw.Draw(canvas)
-    for i, clip in enumerate(clips):
-      left, top = (i % columns) * (size + pad), (i // columns) * (size + pad + 12)
-      canvas.paste(Image.fromarray(clip['video'][t]).resize((size, size), Image.NEAREST),
-                   (left, top))
-      draw.text((left + 2, top + size), MOTIONS[clip['label']], fill='black')
-    gif_frames.append(canvas)
-  gif_path = os.path.join(out, f'scenes_video_{split}.gif')
-  gif_frames[0].save(gif_path, save_all=True, append_images=gif_frames[1:], duration=120,
-                     loop=0)
-  return [strip_path, gif_path]
+      self.info.metadata.update(text.dataset_metadata({'caption': captions}))

@@ -8,12 +8,15 @@ case, punctuation split off, whitespace separates the rest.
   ids = vocab.encode('a red circle.', max_len=16)   # [bos, a, red, circle, ., eos, pad...]
   vocab.decode(ids)                                 # 'a red circle.'
   vocab.tf_encode(tf.constant(['a red circle.']), max_len=16)   # inside tf.data
+
+A generated dataset stores its vocabulary in `builder.info.metadata` (`dataset_metadata`
+writes it, `from_metadata` reads it back).
 """
 
 import collections
 import json
 import re
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -129,3 +132,27 @@ class Vocabulary:
   def load(cls, path) -> 'Vocabulary':
     with open(path) as f:
       return cls.from_json(f.read())
+
+
+def dataset_metadata(texts: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+  """The vocabulary of the training texts, and the most words per text of each field."""
+  vocab = Vocabulary.build(t for field in texts.values() for t in field)
+  return {'vocabulary': list(vocab.tokens),
+          'max_words': {k: max((len(split_words(t)) for t in set(v)), default=0)
+                        for k, v in texts.items()}}
+
+
+def from_metadata(metadata: Mapping[str, Any] | None, needed_by: str = 'this') -> Vocabulary:
+  """The vocabulary stored in a dataset's metadata (`builder.info.metadata`).
+
+  Raises:
+    ValueError: there is no metadata or it holds no 'vocabulary'; `needed_by` names
+      what asked for one.
+  """
+  if not metadata or 'vocabulary' not in metadata:
+    have = sorted(metadata) if metadata else 'no metadata'
+    raise ValueError(
+        f'{needed_by} needs a vocabulary, but the dataset metadata has none ({have}); '
+        "datasets with text (scenes, scenes_video) store one under 'vocabulary', and "
+        'preprocess.parse(spec, metadata=builder.info.metadata) passes it on')
+  return Vocabulary(metadata['vocabulary'])
