@@ -2,28 +2,30 @@ r"""Times the trainer's compiled training step on synthetic batches.
 
   python -m vision_jax.benchmark \
       --config experiments/classification/resnet_cifar10.py [--batch_size N] \
-      [--steps N] [--warmup N] [--xla] [--torch] [--cpu_devices N] [--default_allocator] \
-      [--config.<field>=<value> ...]
+      [--steps N] [--warmup N] [--cpu_kernels] [--torch] [--cpu_devices N] \
+      [--default_allocator] [--config.<field>=<value> ...]
 
 The step is the one `vision_jax.train` runs (`train.make_train_step`: the same jitted,
 sharded, state-donating update over every device), fed a random batch of the config's
 `data.input_shape` and `data.num_classes`, so no dataset is needed. After `--warmup`
 steps, each of `--steps` steps is timed on its own and the median is reported as
 ms/step and examples/s, with the compile time and the FLOP/s achieved by the step's
-XLA-counted FLOPs (multiply-add = 2; convolutions counted as XLA's own, since XLA
-cannot see inside the CPU kernels of `vision_jax.kernels`).
+XLA-counted FLOPs (multiply-add = 2; always counted on the step built with Flax's own
+layers, since XLA cannot see inside the custom calls of the CPU kernels).
 
-`--xla` also times the same step with XLA's own convolutions and batch norms (without
-the CPU kernels of `vision_jax.kernels`). `--torch` also times a PyTorch eager twin of
-the model (`vision_jax/benchmark_torch.py`: same layers, batch and optimizer,
-channels-last, one thread per core) in the same process. They take turns of 10 timed
-steps, each turn after 3 untimed ones (the first steps after a switch are slower), so
-that a shared machine's load falls on all alike.
+`--cpu_kernels` times the step both ways: `jax` on Flax's own layers and
+`jax-kernels` with the CPU kernels of `vision_jax.kernels` injected
+(`config.model.cpu_kernels=True`; on XLA:CPU only). `--torch` also times a PyTorch
+eager twin of the model (`vision_jax/benchmark_torch.py`: same layers, batch and
+optimizer, channels-last, one thread per core) in the same process. They take turns of
+10 timed steps, each turn after 3 untimed ones (the first steps after a switch are
+slower), so that a shared machine's load falls on all alike.
 
-On a CPU, JAX runs one device, like the trainer (the convolution kernels use every
-core); `--cpu_devices N` splits the host into N devices instead.
+On a CPU, JAX runs one device, like the trainer; `--cpu_devices N` splits the host
+into N devices instead.
 """
 
+import copy
 import os
 import statistics
 import sys
@@ -35,7 +37,6 @@ import numpy as np
 
 from vision_jax import config_lib, host_memory, parallel, train
 from vision_jax.data import pipeline
-from vision_jax.kernels import library
 from vision_jax.methods import get_method_class
 
 
@@ -86,6 +87,28 @@ def time_steps(steps_by_name: dict[str, Callable[[], Any]], steps: int, warmup: 
           for name, t in times.items()}
 
 
+def with_cpu_kernels(config, cpu_kernels: bool):
+  """A copy of the config with `model.cpu_kernels` set."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model.cpu_kernels = cpu_kernels
+  return config
+
+
+def _lowered_step(config, mesh, batch):
+  """The trainer's step for this config: its state initialiser and its lowered step."""
+  info = synthetic_info(config)
+  total_steps = config_lib.steps(config, 'total', _NOMINAL_STEPS_PER_EPOCH) or 10_000
+  method = get_method_class(config.method)(
+      config, info, total_steps=total_steps, steps_per_epoch=_NOMINAL_STEPS_PER_EPOCH)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+  abstract_state, state_sharding, init, train_step = train.make_train_step(
+      method, abstract_batch, mesh, config.seed)
+  state_spec = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            abstract_state, state_sharding)
+  return init, train_step.lower(state_spec, batch)
+
+
 def jax_step(config, count_flops: bool = True
              ) -> tuple[Callable[[], None], dict[str, float]]:
   """The trainer's compiled step as a closure, with its compile seconds and FLOPs."""
@@ -93,29 +116,21 @@ def jax_step(config, count_flops: bool = True
   info = synthetic_info(config)
   batch_size = config.batch_size
   shape = (batch_size, *config.data.input_shape)
-  total_steps = config_lib.steps(config, 'total', _NOMINAL_STEPS_PER_EPOCH) or 10_000
-  method = get_method_class(config.method)(
-      config, info, total_steps=total_steps, steps_per_epoch=_NOMINAL_STEPS_PER_EPOCH)
   rng = np.random.default_rng(config.seed)
   local = {'image': rng.standard_normal(shape, np.float32),
            'label': rng.integers(0, info.num_classes, batch_size, dtype=np.int32)}
   batch = parallel.to_global(local, mesh)
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in local.items()}
-  abstract_state, state_sharding, init, train_step = train.make_train_step(
-      method, abstract_batch, mesh, config.seed)
-
-  state_spec = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            abstract_state, state_sharding)
+  init, lowered = _lowered_step(config, mesh, batch)
   start = time.perf_counter()
-  compiled = train_step.lower(state_spec, batch).compile()
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   flops = 0.0
   if count_flops:
-    # XLA cannot count inside the CPU kernels' custom calls: count the same step built
-    # with XLA's convolutions (the whole step, before it is split over devices).
-    with library.xla_only():
-      xla_step = train.make_train_step(method, abstract_batch, mesh, config.seed)[-1]
-      cost = xla_step.lower(state_spec, batch).cost_analysis()
+    # XLA cannot count inside the CPU kernels' custom calls: count the step built on
+    # Flax's layers (the whole step, before it is split over devices).
+    if config.model.get('cpu_kernels', False):
+      lowered = _lowered_step(with_cpu_kernels(config, False), mesh, batch)[1]
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get('flops', 0.0)) if cost else 0.0
 
@@ -140,7 +155,7 @@ def torch_step(config) -> Callable[[], None] | None:
 
 def _report(name: str, result: dict[str, float], batch_size: int, flops: float) -> str:
   ms = result['ms_per_step']
-  line = (f'{name:<7s} {batch_size / ms * 1e3:9.1f} ex/s  {ms:9.2f} ms/step '
+  line = (f'{name:<11s} {batch_size / ms * 1e3:9.1f} ex/s  {ms:9.2f} ms/step '
           f'(min {result["min_ms_per_step"]:.2f})  {flops / ms * 1e-6:7.2f} GFLOP/s')
   if 'compile_s' in result:
     line += f'  compile {result["compile_s"]:.1f} s'
@@ -154,9 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--steps', type=int, default=20, help='timed steps')
   parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compiling')
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin')
-  parser.add_argument('--xla', action='store_true',
-                      help="also time the step with XLA's own convolutions and batch norms "
-                      '(on a CPU: without the kernels of vision_jax.kernels)')
+  parser.add_argument('--cpu_kernels', action='store_true',
+                      help='time the step both on Flax\'s own layers and with the CPU '
+                      'kernels of vision_jax.kernels (config.model.cpu_kernels)')
   parser.add_argument('--default_allocator', action='store_true',
                       help="leave glibc's malloc as it is, to measure what "
                       'vision_jax.host_memory saves (the trainer keeps freed memory)')
@@ -171,14 +186,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, config = config_lib.parse_command_line(parser, argv, batch_size)
     if args.cpu_devices:
       use_cpu_devices(args.cpu_devices)
-    step, result = jax_step(config)
+    if args.cpu_kernels:
+      step, result = jax_step(with_cpu_kernels(config, False))
+      steps = {'jax': step, 'jax-kernels': jax_step(with_cpu_kernels(config, True),
+                                                    count_flops=False)[0]}
+    else:
+      step, result = jax_step(config)
+      steps = {'jax': step}
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  steps = {'jax': step}
-  if args.xla:
-    with library.xla_only():
-      steps['jax-xla'] = jax_step(config, count_flops=False)[0]
   if args.torch and (torch := torch_step(config)):
     steps['torch'] = torch
   timings = time_steps(steps, args.steps, args.warmup)
@@ -191,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f'{result["flops_per_step"] / 1e9:.2f} GFLOP per step (XLA cost analysis)')
   print(_report('jax', {**timings['jax'], **result}, config.batch_size,
                 result['flops_per_step']))
-  for name in ('jax-xla', 'torch'):
+  for name in ('jax-kernels', 'torch'):
     if name in timings:
       print(_report(name, timings[name], config.batch_size, result['flops_per_step']))
-  for name in ('jax-xla', 'torch'):
+  for name in ('jax-kernels', 'torch'):
     if name in timings:
       print(f'jax / {name} speed: '
             f'{timings[name]["ms_per_step"] / timings["jax"]["ms_per_step"]:.2f}x')

@@ -1,7 +1,8 @@
 """Builds the C++ CPU kernels, registers them with XLA, and runs them per device.
 
 The kernels (`*.cc` in this directory, XLA FFI handlers) are compiled together for the
-host CPU (`g++ -O3 -march=native`) the first time one is traced, into
+host CPU (`g++ -O3 -march=native`) the first time one is traced (only models built
+with `config.model.cpu_kernels=True` on a CPU trace them), into
 `$VISION_JAX_CACHE_DIR` (default `~/.cache/vision_jax`), keyed by the sources, the
 compiler, JAX's version and the CPU, and reused by later processes. Without a compiler
 XLA's own operations are used and a warning says so; `VISION_JAX_CPU_KERNELS=0` turns

@@ -1,18 +1,37 @@
-"""Model families, one Linen module family per file, found by name from a config."""
+"""Model families, one Linen module family per file, found by name from a config.
+
+Every model is built from plain Flax layers. A family whose module defines
+`cpu_kernel_layers()` (the layers its `Model` takes as attributes, e.g.
+`{'conv': cpu_conv.Conv, 'norm': cpu_batch_norm.BatchNorm}`) can run on the C++ CPU
+kernels of `vision_jax.kernels` instead, with `config.model.cpu_kernels = True`; the
+kernels are drop-ins with the same parameters, so checkpoints do not change.
+"""
 
 import importlib
+import logging
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
 from vision_jax import config_lib
 
+_warned_backends: set[str] = set()  # warn once per process, not once per model built
+
 
 def get_model(model_config: ml_collections.ConfigDict, **overrides: Any):
-  """Builds `vision_jax.models.<name>.Model` from `config.model` (name + kwargs)."""
+  """Builds `vision_jax.models.<name>.Model` from `config.model` (name + kwargs).
+
+  `cpu_kernels` (default False) is not a model attribute: when it is true and JAX runs
+  on a CPU, the family's `cpu_kernel_layers()` are injected; on any other backend it
+  is ignored with a warning. The kernels are only imported (and built, on first
+  trace) in that case.
+  """
   kwargs = dict(model_config)
+  kwargs.update(overrides)
   name = kwargs.pop('name')
+  cpu_kernels = bool(kwargs.pop('cpu_kernels', False))
   try:
     module = importlib.import_module(f'vision_jax.models.{name}')
   except ModuleNotFoundError as e:
@@ -20,7 +39,18 @@ def get_model(model_config: ml_collections.ConfigDict, **overrides: Any):
       raise
     raise config_lib.ConfigError(
         f'unknown model {name!r}: no module vision_jax/models/{name}.py') from None
-  kwargs.update(overrides)
   if isinstance(kwargs.get('dtype'), str):
     kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+  if cpu_kernels:
+    if not hasattr(module, 'cpu_kernel_layers'):
+      raise config_lib.ConfigError(
+          f'model.cpu_kernels: model {name!r} has no CPU kernel layers '
+          f'(vision_jax/models/{name}.py defines no cpu_kernel_layers())')
+    backend = jax.default_backend()
+    if backend == 'cpu':
+      kwargs.update(module.cpu_kernel_layers())
+    elif backend not in _warned_backends:
+      _warned_backends.add(backend)
+      logging.warning('vision_jax: model.cpu_kernels is for XLA:CPU; on %s the models '
+                      "use Flax's own layers", backend)
   return module.Model(**kwargs)

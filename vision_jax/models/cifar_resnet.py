@@ -8,31 +8,37 @@ head. Shortcuts are the paper's option A, so they add no parameters.
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from vision_jax.kernels import cpu_batch_norm, cpu_conv
+ModuleDef = Any
 
 # He initialisation, with torchvision's fan_out convention.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def conv3x3(features: int, strides: int = 1, *, dtype: Any,
-            name: str) -> nn.Conv:
+def cpu_kernel_layers() -> dict[str, ModuleDef]:
+  """The layers `models.get_model` injects for `config.model.cpu_kernels`."""
+  from vision_jax.kernels import cpu_batch_norm, cpu_conv  # pylint: disable=g-import-not-at-top
+  return {'conv': cpu_conv.Conv, 'norm': cpu_batch_norm.BatchNorm}
+
+
+def conv3x3(layer: ModuleDef, features: int, strides: int = 1, *, dtype: Any,
+            name: str) -> nn.Module:
   """A bias-free 3x3 convolution: the BatchNorm after it has its own bias."""
-  return cpu_conv.Conv(features, (3, 3), strides=strides, padding=((1, 1), (1, 1)),
-                       use_bias=False, kernel_init=conv_kernel_init, dtype=dtype,
-                       name=name)
+  return layer(features, (3, 3), strides=strides, padding=((1, 1), (1, 1)),
+               use_bias=False, kernel_init=conv_kernel_init, dtype=dtype, name=name)
 
 
-def batch_norm(train: bool, *, dtype: Any, name: str) -> cpu_batch_norm.BatchNorm:
+def batch_norm(layer: ModuleDef, train: bool, *, dtype: Any, name: str) -> nn.Module:
   # PyTorch's defaults (its momentum 0.1 weighs the new batch, Flax's weighs
   # the running average).
-  return cpu_batch_norm.BatchNorm(use_running_average=not train, momentum=0.9,
-                                  epsilon=1e-5, dtype=dtype, name=name)
+  return layer(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+               dtype=dtype, name=name)
 
 
-def option_a_shortcut(x: jnp.ndarray, features: int,
-                      strides: int) -> jnp.ndarray:
+def option_a_shortcut(x: jax.Array, features: int,
+                      strides: int) -> jax.Array:
   """Identity, subsampled by striding and zero-padded to `features` channels."""
   x = x[:, ::strides, ::strides, :]
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - x.shape[-1])))
@@ -46,17 +52,22 @@ class BasicBlock(nn.Module):
     strides: stride of the first convolution; 2 where a stage halves the
       resolution.
     dtype: compute dtype; parameters stay float32.
+    conv: the convolution layer, `nn.Conv` or a drop-in.
+    norm: the batch-norm layer, `nn.BatchNorm` or a drop-in.
   """
   filters: int
   strides: int = 1
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
+  norm: ModuleDef = nn.BatchNorm
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
-    y = conv3x3(self.filters, self.strides, dtype=self.dtype, name='conv1')(x)
-    y = nn.relu(batch_norm(train, dtype=self.dtype, name='bn1')(y))
-    y = conv3x3(self.filters, dtype=self.dtype, name='conv2')(y)
-    y = batch_norm(train, dtype=self.dtype, name='bn2')(y)
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    y = conv3x3(self.conv, self.filters, self.strides, dtype=self.dtype,
+                name='conv1')(x)
+    y = nn.relu(batch_norm(self.norm, train, dtype=self.dtype, name='bn1')(y))
+    y = conv3x3(self.conv, self.filters, dtype=self.dtype, name='conv2')(y)
+    y = batch_norm(self.norm, train, dtype=self.dtype, name='bn2')(y)
     return nn.relu(y + option_a_shortcut(x, self.filters, self.strides))
 
 
@@ -66,36 +77,60 @@ class Model(nn.Module):
   Blocks are named `stage{k}_block{j}` so their outputs can be read with
   `capture_intermediates`.
 
+  `feature_maps(x, train=...)` (`model.apply(variables, x, method='feature_maps')`)
+  returns the named outputs: 'stem' (after the stem's ReLU, at the input
+  resolution), 'stage1'..'stage3' (each stage's last block, at 1, 1/2 and 1/4 of
+  it), 'pre_logits' ([N, D], the global average pool) and, unless `num_classes` is
+  None, 'logits'. `__call__` returns 'logits', or 'pre_logits' for a headless model.
+  Maps are in the compute dtype, logits in float32.
+
   Attributes:
     depth: 6n + 2 for n >= 1; the paper uses 20, 32, 44, 56 and 110.
-    num_classes: size of the logits.
+    num_classes: size of the logits; None for a headless backbone that returns
+      its pooled features and has no head parameters.
     num_filters: filters of the stem and the first stage (16 in the paper),
       doubled in each later stage; small values give tiny test variants.
     dtype: compute dtype, e.g. jnp.bfloat16; parameters and BatchNorm
       statistics stay float32 and the logits are returned in float32.
+    conv: the convolution layer, `nn.Conv` or a drop-in with its interface and
+      parameters (`cpu_kernel_layers()`).
+    norm: the batch-norm layer, `nn.BatchNorm` or a drop-in.
   """
   depth: int = 20
-  num_classes: int = 10
+  num_classes: int | None = 10
   num_filters: int = 16
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
+  norm: ModuleDef = nn.BatchNorm
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    maps = self.feature_maps(x, train=train)
+    return maps['pre_logits' if self.num_classes is None else 'logits']
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+  def feature_maps(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    """The named outputs of the model (see the class docstring)."""
     if self.depth < 8 or (self.depth - 2) % 6:
       raise ValueError(
           f'CIFAR ResNet depth must be 6n + 2 with n >= 1, got {self.depth}.')
     blocks_per_stage = (self.depth - 2) // 6
 
-    x = conv3x3(self.num_filters, dtype=self.dtype, name='conv_init')(x)
-    x = nn.relu(batch_norm(train, dtype=self.dtype, name='bn_init')(x))
+    maps = {}
+    x = conv3x3(self.conv, self.num_filters, dtype=self.dtype, name='conv_init')(x)
+    x = maps['stem'] = nn.relu(
+        batch_norm(self.norm, train, dtype=self.dtype, name='bn_init')(x))
     for stage in range(3):
       for i in range(blocks_per_stage):
         x = BasicBlock(
             filters=self.num_filters * 2**stage,
             strides=2 if stage > 0 and i == 0 else 1,
-            dtype=self.dtype,
+            dtype=self.dtype, conv=self.conv, norm=self.norm,
             name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-    # Float32 logits keep the softmax and the loss at full precision.
-    return x.astype(jnp.float32)
+      maps[f'stage{stage + 1}'] = x
+    x = maps['pre_logits'] = jnp.mean(x, axis=(1, 2))
+    if self.num_classes is not None:
+      x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+      # Float32 logits keep the softmax and the loss at full precision (a float64
+      # model, e.g. for finite differences, keeps float64).
+      maps['logits'] = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return maps

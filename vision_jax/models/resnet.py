@@ -10,40 +10,47 @@ one onto these layers.
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from vision_jax.kernels import cpu_batch_norm, cpu_conv
+ModuleDef = Any
 
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out').
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def conv(features: int, kernel_size: int, strides: int = 1, *, dtype: Any,
-         name: str) -> nn.Conv:
+def cpu_kernel_layers() -> dict[str, ModuleDef]:
+  """The layers `models.get_model` injects for `config.model.cpu_kernels`."""
+  from vision_jax.kernels import cpu_batch_norm, cpu_conv  # pylint: disable=g-import-not-at-top
+  return {'conv': cpu_conv.Conv, 'norm': cpu_batch_norm.BatchNorm}
+
+
+def conv(layer: ModuleDef, features: int, kernel_size: int, strides: int = 1, *,
+         dtype: Any, name: str) -> nn.Module:
   """A bias-free convolution: the BatchNorm after it has its own bias."""
   pad = kernel_size // 2
-  return cpu_conv.Conv(features, (kernel_size, kernel_size), strides=strides,
-                       padding=((pad, pad), (pad, pad)), use_bias=False,
-                       kernel_init=conv_kernel_init, dtype=dtype, name=name)
+  return layer(features, (kernel_size, kernel_size), strides=strides,
+               padding=((pad, pad), (pad, pad)), use_bias=False,
+               kernel_init=conv_kernel_init, dtype=dtype, name=name)
 
 
-def batch_norm(train: bool, *, dtype: Any, name: str,
-               zero_init: bool = False) -> cpu_batch_norm.BatchNorm:
+def batch_norm(layer: ModuleDef, train: bool, *, dtype: Any, name: str,
+               zero_init: bool = False) -> nn.Module:
   # momentum 0.9 and epsilon 1e-5 are PyTorch's defaults (its momentum 0.1
   # weighs the new batch, Flax's weighs the running average).
-  return cpu_batch_norm.BatchNorm(
+  return layer(
       use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
       scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
       name=name)
 
 
-def shortcut(x: jnp.ndarray, features: int, strides: int, train: bool,
-             dtype: Any) -> jnp.ndarray:
+def shortcut(block: nn.Module, x: jax.Array, features: int, train: bool) -> jax.Array:
   """Identity, or a strided 1x1 projection where the block changes the shape."""
-  if strides == 1 and x.shape[-1] == features:
+  if block.strides == 1 and x.shape[-1] == features:
     return x
-  x = conv(features, 1, strides, dtype=dtype, name='conv_proj')(x)
-  return batch_norm(train, dtype=dtype, name='bn_proj')(x)
+  x = conv(block.conv, features, 1, block.strides, dtype=block.dtype,
+           name='conv_proj')(x)
+  return batch_norm(block.norm, train, dtype=block.dtype, name='bn_proj')(x)
 
 
 class BasicBlock(nn.Module):
@@ -57,21 +64,24 @@ class BasicBlock(nn.Module):
       residual branch outputs zero and the block starts as identity + ReLU
       (Goyal et al., 2017).
     dtype: compute dtype; parameters stay float32.
+    conv: the convolution layer, `nn.Conv` or a drop-in.
+    norm: the batch-norm layer, `nn.BatchNorm` or a drop-in.
   """
   filters: int
   strides: int = 1
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
+  norm: ModuleDef = nn.BatchNorm
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
-    y = conv(self.filters, 3, self.strides, dtype=self.dtype, name='conv1')(x)
-    y = nn.relu(batch_norm(train, dtype=self.dtype, name='bn1')(y))
-    y = conv(self.filters, 3, dtype=self.dtype, name='conv2')(y)
-    y = batch_norm(train, dtype=self.dtype, name='bn2',
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    y = conv(self.conv, self.filters, 3, self.strides, dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(batch_norm(self.norm, train, dtype=self.dtype, name='bn1')(y))
+    y = conv(self.conv, self.filters, 3, dtype=self.dtype, name='conv2')(y)
+    y = batch_norm(self.norm, train, dtype=self.dtype, name='bn2',
                    zero_init=self.zero_init_residual)(y)
-    return nn.relu(y + shortcut(x, self.filters, self.strides, train,
-                                self.dtype))
+    return nn.relu(y + shortcut(self, x, self.filters, train))
 
 
 class BottleneckBlock(nn.Module):
@@ -85,23 +95,26 @@ class BottleneckBlock(nn.Module):
       residual branch outputs zero and the block starts as identity + ReLU
       (Goyal et al., 2017).
     dtype: compute dtype; parameters stay float32.
+    conv: the convolution layer, `nn.Conv` or a drop-in.
+    norm: the batch-norm layer, `nn.BatchNorm` or a drop-in.
   """
   filters: int
   strides: int = 1
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
+  norm: ModuleDef = nn.BatchNorm
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
-    y = conv(self.filters, 1, dtype=self.dtype, name='conv1')(x)
-    y = nn.relu(batch_norm(train, dtype=self.dtype, name='bn1')(y))
-    y = conv(self.filters, 3, self.strides, dtype=self.dtype, name='conv2')(y)
-    y = nn.relu(batch_norm(train, dtype=self.dtype, name='bn2')(y))
-    y = conv(4 * self.filters, 1, dtype=self.dtype, name='conv3')(y)
-    y = batch_norm(train, dtype=self.dtype, name='bn3',
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    y = conv(self.conv, self.filters, 1, dtype=self.dtype, name='conv1')(x)
+    y = nn.relu(batch_norm(self.norm, train, dtype=self.dtype, name='bn1')(y))
+    y = conv(self.conv, self.filters, 3, self.strides, dtype=self.dtype, name='conv2')(y)
+    y = nn.relu(batch_norm(self.norm, train, dtype=self.dtype, name='bn2')(y))
+    y = conv(self.conv, 4 * self.filters, 1, dtype=self.dtype, name='conv3')(y)
+    y = batch_norm(self.norm, train, dtype=self.dtype, name='bn3',
                    zero_init=self.zero_init_residual)(y)
-    return nn.relu(y + shortcut(x, 4 * self.filters, self.strides, train,
-                                self.dtype))
+    return nn.relu(y + shortcut(self, x, 4 * self.filters, train))
 
 
 # depth -> (block, number of blocks in each of the four stages)
@@ -122,31 +135,51 @@ class Model(nn.Module):
   global pool as 7x7 maps. Blocks are named `stage{k}_block{j}` so their
   outputs can be read with `capture_intermediates`.
 
+  `feature_maps(x, train=...)` (`model.apply(variables, x, method='feature_maps')`)
+  returns the named outputs: 'stem' (after the stem's ReLU, before its max pool: 1/2
+  of the input resolution), 'stage1'..'stage4' (each stage's last block), 'pre_logits'
+  ([N, D], the global average pool) and, unless `num_classes` is None, 'logits'.
+  `__call__` returns 'logits', or 'pre_logits' for a headless model. Maps are in the
+  compute dtype, logits in float32.
+
   Attributes:
     depth: 18, 34, 50, 101 or 152.
-    num_classes: size of the logits.
+    num_classes: size of the logits; None for a headless backbone that returns
+      its pooled features and has no head parameters.
     num_filters: filters of the stem and the first stage (64 in the paper);
       small values give the tiny variants used in tests.
     zero_init_residual: start the last BatchNorm scale of every block at zero,
       so each block starts as identity + ReLU (Goyal et al., 2017).
     dtype: compute dtype, e.g. jnp.bfloat16; parameters and BatchNorm
       statistics stay float32 and the logits are returned in float32.
+    conv: the convolution layer, `nn.Conv` or a drop-in with its interface and
+      parameters (`cpu_kernel_layers()`).
+    norm: the batch-norm layer, `nn.BatchNorm` or a drop-in.
   """
   depth: int = 50
-  num_classes: int = 1000
+  num_classes: int | None = 1000
   num_filters: int = 64
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
+  norm: ModuleDef = nn.BatchNorm
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    maps = self.feature_maps(x, train=train)
+    return maps['pre_logits' if self.num_classes is None else 'logits']
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+  def feature_maps(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    """The named outputs of the model (see the class docstring)."""
     if self.depth not in STAGES:
       raise ValueError(
           f'ResNet depth must be one of {sorted(STAGES)}, got {self.depth}.')
     block, stage_sizes = STAGES[self.depth]
 
-    x = conv(self.num_filters, 7, 2, dtype=self.dtype, name='conv_init')(x)
-    x = nn.relu(batch_norm(train, dtype=self.dtype, name='bn_init')(x))
+    maps = {}
+    x = conv(self.conv, self.num_filters, 7, 2, dtype=self.dtype, name='conv_init')(x)
+    x = maps['stem'] = nn.relu(
+        batch_norm(self.norm, train, dtype=self.dtype, name='bn_init')(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(stage_sizes):
       for i in range(num_blocks):
@@ -154,9 +187,13 @@ class Model(nn.Module):
             filters=self.num_filters * 2**stage,
             strides=2 if stage > 0 and i == 0 else 1,
             zero_init_residual=self.zero_init_residual,
-            dtype=self.dtype,
+            dtype=self.dtype, conv=self.conv, norm=self.norm,
             name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-    # Float32 logits keep the softmax and the loss at full precision.
-    return x.astype(jnp.float32)
+      maps[f'stage{stage + 1}'] = x
+    x = maps['pre_logits'] = jnp.mean(x, axis=(1, 2))
+    if self.num_classes is not None:
+      x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+      # Float32 logits keep the softmax and the loss at full precision (a float64
+      # model, e.g. for finite differences, keeps float64).
+      maps['logits'] = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return maps
