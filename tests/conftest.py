@@ -20,3 +20,11 @@ jax.config.update('jax_num_cpu_devices', 8)
 def data_dir(tmp_path_factory):
   """One TFDS data dir for the session, so each embedded dataset is prepared once."""
   return str(tmp_path_factory.mktemp('tensorflow_datasets'))
+
+
+@pytest.fixture(scope='session')
+def digits_data_dir(data_dir):
+  """`data_dir` with the embedded `digits` prepared, for runs whose processes start at once."""
+  from vision_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.get_builder('digits', data_dir)
+  return data_dir
