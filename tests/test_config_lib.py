@@ -52,3 +52,16 @@ def test_launcher_errors_are_one_line_and_nonzero(argv, message, capsys, tmp_pat
 def test_steps_from_epochs():
   config = config_lib.load_config(CNN_DIGITS)
   assert config_lib.steps(config, 'total', steps_per_epoch=22) == 40 * 22
+
+
+def test_method_options_are_fields_to_override():
+  parser = config_lib.command_line_parser('test', 'doc')
+  _, config = config_lib.parse_command_line(parser, [
+      '--config', 'experiments/classification/cnn_digits.py:local',
+      '--config.method=naive_bayes', '--config.naive_bayes.smoothing=0.5'])
+  assert config.naive_bayes.smoothing == 0.5 and config.naive_bayes.threshold == 0.5
+  assert config.classification.label_smoothing == 0.0  # The loaded method's group.
+  with pytest.raises(config_lib.ConfigError, match='did you mean naive_bayes.smoothing'):
+    config_lib.parse_command_line(parser, [
+        '--config', 'experiments/classification/nb_digits.py:local',
+        '--config.naive_bayes.smothing=0.5'])

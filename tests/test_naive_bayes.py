@@ -75,5 +75,5 @@ def test_eight_devices_equal_one_device_and_figure(tmp_path, data_dir):
   chex.assert_trees_all_equal(final_params(tmp_path / 'one'), final_params(tmp_path / 'eight'))
   assert one['eval/accuracy'] == eight['eval/accuracy']
   assert one['eval/loss'] == pytest.approx(eight['eval/loss'], rel=1e-6)
-  figure = tmp_path / 'eight' / 'class_pixel_probabilities.png'
+  figure = tmp_path / 'eight' / 'naive_bayes' / 'class_pixel_probabilities.png'
   assert figure.stat().st_size > 10_000

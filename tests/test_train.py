@@ -58,9 +58,16 @@ def assert_same_run(workdir, reference_workdir, reference_metrics, rtol, atol):
                               rtol=rtol, atol=atol)
 
 
-def launch(args, env_extra=None, **kwargs):
+def launch(args, env_extra=None, every_process_reports=False, **kwargs):
+  """Starts the launcher; `every_process_reports`: not only process 0 prints its progress."""
   env = {**os.environ, 'PYTHONUNBUFFERED': '1', **(env_extra or {})}
-  return subprocess.Popen([sys.executable, '-m', 'vision_jax.train', *args], cwd=REPO, env=env,
+  command = ['-m', 'vision_jax.train']
+  if every_process_reports:
+    command = ['-c', 'import sys; from vision_jax import reporting, train; '
+               'init = reporting.Progress.__init__; '
+               'reporting.Progress.__init__ = lambda self, *a, **k: init(self, *a, **{**k, '
+               '"enabled": True}); sys.exit(train.main(sys.argv[1:]))']
+  return subprocess.Popen([sys.executable, *command, *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
@@ -88,9 +95,10 @@ def test_steps_compile_once_and_metrics_are_written(tmp_path, data_dir, monkeypa
   assert [l['step'] for l in lines if 'eval/accuracy' in l] == [4, 8, 12]
   assert {'train/grad_norm', 'train/lr', 'train/examples_per_sec'} <= set(lines[0])
   assert os.listdir(tmp_path / 'tensorboard')
-  assert {'predictions.png', 'confusion_matrix.png', 'per_class_accuracy.json',
-          'config.json'} <= set(os.listdir(tmp_path))
-  with open(tmp_path / 'per_class_accuracy.json') as f:
+  assert 'config.json' in os.listdir(tmp_path)
+  assert {'predictions.png', 'confusion_matrix.png', 'per_class_accuracy.json'} <= set(
+      os.listdir(tmp_path / 'eval'))
+  with open(tmp_path / 'eval' / 'per_class_accuracy.json') as f:
     per_class = json.load(f)
   assert sorted(per_class) == [str(i) for i in range(10)]
   assert np.mean(list(per_class.values())) == pytest.approx(
@@ -106,11 +114,42 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, data_dir):
                               rtol=1e-4, atol=1e-5)
 
 
-def test_bfloat16_compute_trains(tmp_path, data_dir):
+def _conv_and_dot_operand_dtypes(jaxpr) -> list[tuple[str, tuple[str, ...]]]:
+  """(primitive, operand dtypes) of every convolution and matrix product, nested ones too."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ('conv_general_dilated', 'dot_general'):
+      found.append((eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars)))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        sub = getattr(sub, 'jaxpr', sub)  # A ClosedJaxpr's Jaxpr.
+        if hasattr(sub, 'eqns'):
+          found += _conv_and_dot_operand_dtypes(sub)
+  return found
+
+
+def test_bfloat16_compute_trains(tmp_path, data_dir, monkeypatch):
+  made, make_train_step = {}, train.make_train_step
+  def spy(method, abstract_batch, mesh, seed):  # Keeps the step the trainer compiles.
+    made['abstract_batch'] = abstract_batch
+    made['abstract_state'], _, _, made['train_step'] = result = make_train_step(
+        method, abstract_batch, mesh, seed)
+    return result
+  monkeypatch.setattr(train, 'make_train_step', spy)
   config = tiny_config(data_dir, total_steps=4, compute_dtype='bfloat16')
   results = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(results['eval/loss'])
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(final_params(tmp_path)))
+  # The trainer's own step computes its forward and backward convolutions and matrix
+  # products in bfloat16 (in float32 if compute_dtype were ignored) ...
+  traced = made['train_step'].trace(made['abstract_state'], made['abstract_batch'])
+  ops = _conv_and_dot_operand_dtypes(traced.jaxpr.jaxpr)
+  assert {name for name, _ in ops} == {'conv_general_dilated', 'dot_general'}, ops
+  assert all(set(dtypes) == {'bfloat16'} for _, dtypes in ops), ops
+  # ... and keeps float32 params and optimizer state.
+  new_state = traced.out_info[0]
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(
+      (new_state.params, new_state.opt_state)) if leaf.ndim), new_state
 
 
 def _wait_for_checkpoint(workdir, step, process, timeout=240):
@@ -157,19 +196,26 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(saved)))
 
 
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, data_dir):
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, digits_data_dir):
   workdir = str(tmp_path)
   args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir,
           f'--coordinator_address=127.0.0.1:{_free_port()}', '--num_processes=2',
-          f'--config.data.data_dir={data_dir}', '--config.total_steps=100000',
+          f'--config.data.data_dir={digits_data_dir}', '--config.total_steps=100000',
           '--config.checkpoint_every_steps=20', '--config.log_every_steps=5']
   env = {'XLA_FLAGS': os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=1')}
-  processes = [launch(args + [f'--process_id={i}'], env) for i in range(2)]
+  processes = [launch(args + [f'--process_id={i}'], env, every_process_reports=True)
+               for i in range(2)]
   _wait_for_checkpoint(workdir, 20, processes[0])
   processes[1].send_signal(signal.SIGTERM)  # The other process learns it at a log step.
   outputs = [p.communicate(timeout=120)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs
-  assert 'SIGTERM: checkpoint saved at step' in outputs[0]
+  stopped = []
+  for output in outputs:
+    assert output.count('SIGTERM: checkpoint saved at step') == 1, output
+    stopped.append(int(output.split('SIGTERM: checkpoint saved at step ')[1].split(';')[0]))
+  assert stopped[0] == stopped[1] and stopped[0] % 5 == 0 and stopped[0] >= 20, stopped
+  assert final_metrics(workdir)['step'] == stopped[0]
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(stopped[0])))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, capsys):
@@ -271,7 +317,7 @@ def test_classifier_trains_on_an_image_folder(tmp_path, channels):
                      f'--config.data.name=folder:{tmp_path / "images"}',
                      '--config.batch_size=16', '--config.evals.eval.batch_size=8']) == 0
   assert final_metrics(tmp_path / 'run')['eval/num_examples'] == 20
-  with open(tmp_path / 'run' / 'per_class_accuracy.json') as f:
+  with open(tmp_path / 'run' / 'eval' / 'per_class_accuracy.json') as f:
     assert sorted(json.load(f)) == ['dark', 'light']
 
 

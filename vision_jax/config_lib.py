@@ -38,8 +38,25 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg or None)
   except (ValueError, KeyError, TypeError) as e:
     raise ConfigError(f'config file {path} rejected argument {arg!r}: {e}') from e
+  add_method_options(config)
   config.lock()
   return config
+
+
+def add_method_options(config: ml_collections.ConfigDict) -> None:
+  """Completes `config.<method name>` with the method's `OPTIONS`, so that every option
+  of the method can be overridden (`--config.naive_bayes.smoothing=0.5`) and a
+  misspelt one is an error naming it."""
+  if not config.get('method'):
+    return
+  from vision_jax.methods import get_method_class  # pylint: disable=g-import-not-at-top
+  method = get_method_class(config.method)
+  if not method.name or not method.OPTIONS:
+    return
+  given = config.get(method.name)
+  with config.unlocked():
+    config[method.name] = complete(given, ml_collections.ConfigDict(method.OPTIONS),
+                                   method.name)
 
 
 def parse_config_args(spec: str) -> dict[str, str]:
@@ -134,6 +151,73 @@ def steps(config: ml_collections.ConfigDict, prefix: str, steps_per_epoch: int,
   return default
 
 
+def optimizer_config(**fields: Any) -> ml_collections.ConfigDict:
+  """An optimizer group (see `vision_jax.optim`), e.g. a GAN's `config.optimizer_d`."""
+  config = ml_collections.ConfigDict(dict(
+      name='sgd', momentum=0.9, nesterov=False, b1=0.9, b2=0.999, weight_decay=0.0,
+      decay_weights_only=True, grad_clip_norm=placeholder(float),
+      lr=placeholder(float)))  # None: the experiment's config.lr.
+  return complete(fields, config, 'optimizer')
+
+
+def schedule_config(**fields: Any) -> ml_collections.ConfigDict:
+  """A learning-rate schedule group (see `vision_jax.optim`)."""
+  config = ml_collections.ConfigDict(dict(
+      name='cosine', warmup_steps=placeholder(int), warmup_epochs=placeholder(float),
+      boundaries_steps=placeholder(tuple), boundaries_epochs=placeholder(tuple),
+      decay_factor=0.1))
+  return complete(fields, config, 'schedule')
+
+
+def evaluator_config(**fields: Any) -> ml_collections.ConfigDict:
+  """An evaluator group `config.evals.<name>` with the fields every evaluator has (see
+  `vision_jax.evaluators`); fields of the evaluator's type may be added."""
+  config = ml_collections.ConfigDict(dict(
+      type='',
+      data=dict(name='', split='test', data_dir=placeholder(str)),  # name '': the training data.
+      pp='decode|value_range(0, 1)',
+      batch_size=256,
+      every_steps=placeholder(int),  # None: config.eval_every_steps; 0: only at the end.
+      figures_every_steps=0,  # 0: figures only at the end.
+      pred='predict',  # The method's prediction function.
+      keep_on_cpu=(),  # Fields kept on the host (strings, variable-length references).
+      cache=True,
+      skip_undecodable=False))
+  extra = {k: v for k, v in fields.items() if k not in config}
+  config.update(extra)
+  return complete(fields, config, 'evals')
+
+
+def complete(given, defaults: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """`defaults` updated with the fields of `given`; a field `defaults` lacks is an error.
+
+  How a group of options (an optimizer, a method's or an evaluator's options) is read:
+  every field has a default, and a misspelt one is never silently ignored.
+  """
+  given = dict(given or {})
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    close = difflib.get_close_matches(unknown[0], list(defaults), n=1)
+    hint = f' (did you mean {name}.{close[0]}?)' if close else ''
+    raise ConfigError(f'unknown config field {name}.{unknown[0]}{hint}; '
+                      f'{name} has {", ".join(sorted(defaults))}')
+  config = ml_collections.ConfigDict(defaults)
+  for key, value in given.items():
+    default = defaults[key]
+    if isinstance(default, ml_collections.ConfigDict) and isinstance(
+        value, (dict, ml_collections.ConfigDict)):
+      value = complete(value, default, f'{name}.{key}')
+    with config.ignore_type():
+      config[key] = value
+  return config
+
+
+def check_fields(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
+                 name: str) -> None:
+  """Raises `ConfigError` when `config` has a field that `defaults` lacks."""
+  complete(config, defaults, name)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """The fields every experiment shares, with their defaults; experiments fill the rest."""
   config = ml_collections.ConfigDict()
@@ -156,6 +240,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.train_split = 'train'
   config.data.pp_train = 'decode|value_range(0, 1)'
   config.data.cache = True
+  config.data.skip_undecodable = False  # Image folders: leave out files that cannot be decoded.
   config.data.shuffle_buffer = 50_000
 
   config.model = ml_collections.ConfigDict()
@@ -170,15 +255,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_from = ml_collections.ConfigDict(dict(
       path=placeholder(str), step=placeholder(int), subtrees=('params', 'model_state')))
 
-  config.optimizer = ml_collections.ConfigDict(dict(
-      name='sgd', momentum=0.9, nesterov=False, b1=0.9, b2=0.999, weight_decay=0.0,
-      decay_weights_only=True, grad_clip_norm=placeholder(float)))
+  config.optimizer = optimizer_config()
   config.lr = 0.1
   config.lr_batch_base = placeholder(int)  # When set, lr is scaled by batch_size / lr_batch_base.
-  config.schedule = ml_collections.ConfigDict(dict(
-      name='cosine', warmup_steps=placeholder(int), warmup_epochs=placeholder(float),
-      boundaries_steps=placeholder(tuple), boundaries_epochs=placeholder(tuple),
-      decay_factor=0.1))
+  config.schedule = schedule_config()
 
   config.evals = ml_collections.ConfigDict()
   return config
@@ -220,7 +300,10 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str],
   Raises `ConfigError` for a missing file or a bad field, with a one-line message.
   """
   args, rest = parser.parse_known_args(argv)
-  overrides = parse_config_overrides(rest, parser)
+  overrides = {**parse_config_overrides(rest, parser), **(extra_overrides or {})}
   config = load_config(args.config)
-  apply_overrides(config, {**overrides, **(extra_overrides or {})})
+  if 'method' in overrides:  # The new method's options become fields to override.
+    apply_overrides(config, {'method': overrides.pop('method')})
+    add_method_options(config)
+  apply_overrides(config, overrides)
   return args, config

@@ -1,12 +1,14 @@
-"""Optimizers and learning-rate schedules from the config (optax).
+"""Optimizers and learning-rate schedules from sub-configs (optax).
 
-config.optimizer: name ('sgd' | 'momentum' | 'adam' | 'adamw'), momentum, nesterov,
-  b1, b2, weight_decay, decay_weights_only (no decay on biases and norm scales),
-  grad_clip_norm.
-config.lr: the peak learning rate; scaled by batch_size / config.lr_batch_base when set.
-config.schedule: name ('constant' | 'cosine' | 'piecewise'), warmup_steps or
-  warmup_epochs, and for 'piecewise' boundaries_steps or boundaries_epochs with
-  decay_factor.
+An optimizer config (`config.optimizer`; a method with several players adds its own,
+e.g. `config.optimizer_d = config_lib.optimizer_config(name='adam', b1=0.5)`) has
+  name ('sgd' | 'momentum' | 'adam' | 'adamw' | 'lars'), momentum, nesterov, b1, b2,
+  weight_decay, decay_weights_only (no decay on biases and norm scales), grad_clip_norm,
+  lr (None: the experiment's `config.lr`).
+The peak learning rate is scaled by batch_size / config.lr_batch_base when that is set.
+A schedule config (`config.schedule`) has name ('constant' | 'cosine' | 'piecewise'),
+warmup_steps or warmup_epochs, and for 'piecewise' boundaries_steps or
+boundaries_epochs with decay_factor.
 """
 
 import jax
@@ -15,28 +17,38 @@ import optax
 
 from vision_jax import config_lib
 
+OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'lars')
+SCHEDULES = ('constant', 'cosine', 'piecewise')
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
-                           steps_per_epoch: int) -> optax.Schedule:
-  base_lr = config.lr
-  if config.get('lr_batch_base'):
-    base_lr *= config.batch_size / config.lr_batch_base
-  schedule_config = config.schedule
+
+def peak_learning_rate(config: ml_collections.ConfigDict,
+                       opt_config: ml_collections.ConfigDict) -> float:
+  """The optimizer's own `lr` or the experiment's, scaled by the batch size if asked."""
+  lr = config.lr if opt_config.lr is None else opt_config.lr
+  if config.lr_batch_base:
+    lr *= config.batch_size / config.lr_batch_base
+  return lr
+
+
+def learning_rate_schedule(schedule_config: ml_collections.ConfigDict, base_lr: float,
+                           total_steps: int, steps_per_epoch: int,
+                           name: str = 'schedule') -> optax.Schedule:
+  schedule_config = config_lib.complete(schedule_config, config_lib.schedule_config(), name)
   warmup = config_lib.steps(schedule_config, 'warmup', steps_per_epoch, default=0)
-  name = schedule_config.name
-  if name == 'constant':
+  if schedule_config.name == 'constant':
     main = optax.constant_schedule(base_lr)
-  elif name == 'cosine':
+  elif schedule_config.name == 'cosine':
     main = optax.cosine_decay_schedule(base_lr, max(total_steps - warmup, 1))
-  elif name == 'piecewise':
-    if schedule_config.get('boundaries_epochs'):
+  elif schedule_config.name == 'piecewise':
+    if schedule_config.boundaries_epochs:
       boundaries = [round(e * steps_per_epoch) for e in schedule_config.boundaries_epochs]
     else:
-      boundaries = list(schedule_config.get('boundaries_steps') or ())
+      boundaries = list(schedule_config.boundaries_steps or ())
     main = optax.piecewise_constant_schedule(
         base_lr, {b - warmup: schedule_config.decay_factor for b in boundaries})
   else:
-    raise config_lib.ConfigError(f'unknown schedule.name {name!r}')
+    raise config_lib.ConfigError(f'unknown {name}.name {schedule_config.name!r}; '
+                                 f'known: {", ".join(SCHEDULES)}')
   if not warmup:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), main], [warmup])
@@ -47,26 +59,42 @@ def weights_only(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   schedule: optax.Schedule) -> optax.GradientTransformation:
-  opt = config.optimizer
-  mask = weights_only if opt.get('decay_weights_only', True) else None
-  name = opt.name
-  if name in ('sgd', 'momentum'):
+def make_optimizer(opt_config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                   name: str = 'optimizer') -> optax.GradientTransformation:
+  """The optax optimizer of one optimizer group; unknown fields are errors."""
+  opt = config_lib.complete(opt_config, config_lib.optimizer_config(), name)
+  mask = weights_only if opt.decay_weights_only else None
+  if opt.name in ('sgd', 'momentum'):
     # Coupled L2 decay, as in the ResNet papers and torch.optim.SGD.
     tx = optax.chain(
-        optax.add_decayed_weights(opt.get('weight_decay', 0.0), mask=mask),
-        optax.sgd(schedule, momentum=opt.get('momentum') or None,
-                  nesterov=opt.get('nesterov', False)))
-  elif name == 'adam':
-    tx = optax.chain(
-        optax.add_decayed_weights(opt.get('weight_decay', 0.0), mask=mask),
-        optax.adam(schedule, b1=opt.get('b1', 0.9), b2=opt.get('b2', 0.999)))
-  elif name == 'adamw':
-    tx = optax.adamw(schedule, b1=opt.get('b1', 0.9), b2=opt.get('b2', 0.999),
-                     weight_decay=opt.get('weight_decay', 0.0), mask=mask)
+        optax.add_decayed_weights(opt.weight_decay, mask=mask),
+        optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+  elif opt.name == 'adam':
+    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=mask),
+                     optax.adam(schedule, b1=opt.b1, b2=opt.b2))
+  elif opt.name == 'adamw':
+    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                     mask=mask)
+  elif opt.name == 'lars':
+    # You et al. (2017) as SimCLR uses it: decay and trust ratio on weights only.
+    tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=mask,
+                    trust_ratio_mask=mask, momentum=opt.momentum, nesterov=opt.nesterov)
   else:
-    raise config_lib.ConfigError(f'unknown optimizer.name {name!r}')
-  if opt.get('grad_clip_norm'):
+    raise config_lib.ConfigError(f'unknown {name}.name {opt.name!r}; '
+                                 f'known: {", ".join(OPTIMIZERS)}')
+  if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx
+
+
+def from_config(config: ml_collections.ConfigDict, *, total_steps: int,
+                steps_per_epoch: int, optimizer: str = 'optimizer',
+                schedule: str = 'schedule') -> tuple[optax.Schedule, optax.GradientTransformation]:
+  """`(schedule, tx)` from the sub-configs `config.<optimizer>` and `config.<schedule>`."""
+  for key in (optimizer, schedule):
+    if key not in config:
+      raise config_lib.ConfigError(f'config has no {key} (an optimizer or schedule group)')
+  opt_config = config_lib.complete(config[optimizer], config_lib.optimizer_config(), optimizer)
+  lr_schedule = learning_rate_schedule(config[schedule], peak_learning_rate(config, opt_config),
+                                       total_steps, steps_per_epoch, schedule)
+  return lr_schedule, make_optimizer(opt_config, lr_schedule, optimizer)

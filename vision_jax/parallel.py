@@ -7,6 +7,7 @@ replicated, and XLA inserts the gradient all-reduce.
 
 import functools
 import os
+import pickle
 from typing import Any, Callable
 
 import jax
@@ -87,8 +88,33 @@ def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 
 
 def fetch(tree: Any) -> Any:
-  """Host copies of replicated outputs (valid in every process of a multi-host job)."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+  """Host copies of replicated outputs (valid in every process of a multi-host job).
+
+  A data-sharded array would give only one device's rows: that is an error, not a
+  silent truncation (use `local_rows` and `gather_to_main` for per-example outputs).
+  """
+  def get(x):
+    if isinstance(x, jax.Array) and not x.sharding.is_fully_replicated:
+      raise ValueError(f'fetch expects replicated arrays; got one of shape {x.shape} '
+                       f'sharded as {x.sharding}')
+    return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+  return jax.tree.map(get, tree)
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+  """Every process's `obj` (anything picklable), on process 0 in process order; None on
+  the others. All processes must call it. One process: `[obj]`."""
+  if jax.process_count() == 1:
+    return [obj]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  data = np.frombuffer(pickle.dumps(obj), np.uint8)
+  sizes = multihost_utils.process_allgather(np.int64(data.size))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  everything = multihost_utils.process_allgather(padded)
+  if jax.process_index() != 0:
+    return None
+  return [pickle.loads(row[:size].tobytes()) for row, size in zip(everything, sizes)]
 
 
 def local_rows(array: jax.Array) -> np.ndarray:

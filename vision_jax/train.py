@@ -6,11 +6,12 @@ r"""The launcher and the one training loop every method of the lecture rides on.
 Multi-host: start the same command once per process with `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
 JAX_PROCESS_ID). On a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=8` gives 8
-devices, and the run uses all of them; the default of one device is the fastest there,
-since the CPU kernels of `vision_jax.kernels` use every core.
+devices, and the run uses all of them.
 
-Sections of `train_and_evaluate`: mesh, input, method (model, loss, optimizer), sharded
-state, checkpoint, update step, evaluators, loop, final report.
+Sections of `train_and_evaluate`: mesh, input, method (model, loss, optimizer),
+evaluators, sharded state, checkpoint (resume, else `init_from`, else scratch), update
+step, loop, final report. Nothing is written to the workdir before the data, method and
+evaluators are set up, so a mistake in any of them leaves it as it was.
 """
 
 import functools
@@ -31,6 +32,10 @@ import numpy as np
 from vision_jax import checkpointing, config_lib, evaluators, host_memory, parallel, reporting
 from vision_jax.data import pipeline
 from vision_jax.methods import get_method_class
+
+
+# Evaluators draw their randomness (samples, noise) from fold_in(key(seed), EVAL_SALT).
+EVAL_SALT = 0x5EED
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -56,9 +61,25 @@ def _abstract_batch(local_batch: dict[str, np.ndarray],
           for name, x in local_batch.items()}
 
 
-def _mean_metrics(history: list[dict]) -> dict[str, float]:
+def _logged_metrics(history: list[dict]) -> dict[str, float]:
+  """Training metrics over the logged steps: counts (`num_*`) summed, the rest averaged."""
   history = jax.device_get(history)
-  return {f'train/{k}': float(np.mean([h[k] for h in history])) for k in history[0]}
+  return {f'train/{k}': float((np.sum if k.startswith('num_') else np.mean)(
+      [h[k] for h in history])) for k in history[0]}
+
+
+def _latest_saved_step(workdir: str) -> int:
+  """The latest finished checkpoint's step (0 if none), read without creating anything."""
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = [int(name) for name in os.listdir(directory) if name.isdigit()] \
+      if os.path.isdir(directory) else []
+  return max(steps, default=0)
+
+
+def _image_array(path: str) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as image:
+    return np.asarray(image.convert('RGB'))
 
 
 def make_train_step(method, abstract_batch: dict[str, jax.ShapeDtypeStruct], mesh,
@@ -101,56 +122,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = parallel.make_mesh(num_devices)
   is_main = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f'--workdir {workdir} exists and is not a directory')
 
-  # Input.
+  # Input. Nothing is written to the workdir until the data, the method and the
+  # evaluators have been set up, so a mistake in any of them leaves it as it was.
   data = config.data
-  builder = pipeline.get_builder(data.name, data.get('data_dir'))
+  builder = pipeline.get_builder(data.name, data.data_dir)
   data_info = pipeline.dataset_info(builder, data.name)
   num_train = pipeline.split_size(builder, data.train_split)
+  pipeline.check_pp(data.pp_train, builder, 'data.pp_train')
   steps_per_epoch = max(1, num_train // config.batch_size)
   total_steps = config_lib.steps(config, 'total', steps_per_epoch)
-  if not total_steps:
-    raise config_lib.ConfigError('set total_steps or total_epochs')
+  if not total_steps or total_steps < 0:
+    raise config_lib.ConfigError(
+        f'the run needs a positive total_steps or total_epochs, got {total_steps}')
   local_batch_size = parallel.local_batch_size(config.batch_size, mesh)
 
   # Method: model, loss, optimizer.
   method = get_method_class(config.method)(
       config, data_info, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
 
-  # Checkpoints: the latest saved step is also where the data stream resumes.
-  checkpointer = checkpointing.Checkpointer(
-      workdir, every_steps=config.checkpoint_every_steps or total_steps,
-      keep=config.keep_checkpoints, async_save=config.get('async_checkpoints', True))
-  start_step = checkpointer.latest_step() or 0
-  train_ds = pipeline.train_dataset(
+  # The data stream resumes where the latest checkpoint left off.
+  start_step = _latest_saved_step(workdir)
+  train_iter = pipeline.train_batches(
       builder, data.train_split, batch_size=local_batch_size, seed=config.seed,
-      pp=data.pp_train, start_step=start_step, cache=data.get('cache', True),
-      shuffle_buffer=data.get('shuffle_buffer', 50_000))
+      pp=data.pp_train, start_step=start_step, cache=data.cache,
+      shuffle_buffer=data.shuffle_buffer, skip_undecodable=data.skip_undecodable)
   # Shapes come from the first batch: decoded image shapes are only known then.
-  train_iter = pipeline.as_numpy(train_ds, data.pp_train)
   first_batch = next(train_iter)
   train_iter = itertools.chain([first_batch], train_iter)
   abstract_batch = _abstract_batch(first_batch, config.batch_size)
+
+  # Evaluators, by name: metrics are written as `<name>/<metric>`, files to `<name>/`.
+  evals = {name: evaluators.get_evaluator(method, eval_config, name=name, workdir=workdir,
+                                          mesh=mesh, train_data=data)
+           for name, eval_config in config.evals.items()}
+  eval_key = jax.random.fold_in(jax.random.key(config.seed), EVAL_SALT)
 
   # Sharded state, created abstractly first so that no host copy is ever made, and the
   # update step: compiled once, the state donated, randomness fold_in(key, step).
   abstract_state, state_sharding, init, train_step = make_train_step(
       method, abstract_batch, mesh, config.seed)
 
-  # Resume from the latest checkpoint, or start afresh.
+  # Resume from this run's latest checkpoint, else start from `init_from`'s weights
+  # (checked before anything is written), else from scratch.
+  if not start_step:
+    state = init()
+    if config.init_from.path:
+      state = checkpointing.initialize_from(config.init_from, state, state_sharding)
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = checkpointing.Checkpointer(
+      workdir, every_steps=config.checkpoint_every_steps or total_steps,
+      keep=config.keep_checkpoints, async_save=config.async_checkpoints)
   if start_step:
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           abstract_state, state_sharding)
-    state = checkpointer.restore(target, start_step)
-  else:
-    state = init()
+    try:
+      state = checkpointer.restore(target, start_step)
+    except BaseException:
+      checkpointer.close()
+      raise
   if is_main:
     _write_config(config, workdir, start_step)
-
-  # Evaluators, by name: metrics are written as `<name>/<metric>`.
-  evals = {name: evaluators.get_evaluator(method, eval_config, builder=builder, mesh=mesh)
-           for name, eval_config in config.evals.items()}
 
   writer = reporting.MetricWriter(workdir, enabled=is_main)
   progress = reporting.Progress(total_steps, start_step, config.batch_size, enabled=is_main)
@@ -158,7 +192,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     progress.message(
         f'{config.method} on {data.name}: {total_steps} steps of {config.batch_size} '
         f'examples over {mesh.devices.size} device(s) in {jax.process_count()} process(es); '
-        + (f'resumed from step {start_step}' if start_step else 'starting fresh'))
+        + (f'resumed from step {start_step}' if start_step else
+           f'starting from {config.init_from.path}' if config.init_from.path else
+           'starting fresh'))
 
   sigterm = {'received': False}
   def on_sigterm(signum, frame):
@@ -185,12 +221,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           + (f'(step {last}) is intact in {checkpointer.directory}' if last is not None
              else 'does not exist: none was saved before the failure'))
 
-  def run_evals(step):
+  def run_evals(step, final=False):
     results = {}
     for name, evaluator in evals.items():
-      results.update({f'{name}/{k}': v for k, v in evaluator.evaluate(state).items()})
+      if final or evaluator.due(step, config.eval_every_steps):
+        metrics = evaluator.evaluate(state, step=step, rng=jax.random.fold_in(eval_key, step))
+        results.update({f'{name}/{k}': v for k, v in metrics.items()})
     writer.write(step, results)
     return results
+
+  def write_figures(step, final=False):
+    paths = []
+    for name, evaluator in evals.items():
+      if final or evaluator.figures_due(step):
+        new = evaluator.figures(state, step=step, rng=jax.random.fold_in(eval_key, step))
+        for path in new:
+          if path.endswith('.png'):
+            writer.write_image(step, f'{name}/{os.path.basename(path)[:-4]}',
+                               _image_array(path))
+        paths += new
+    return paths
 
   # The loop.
   step = start_step
@@ -208,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       stop = stop_requested(step)
       if step % config.log_every_steps == 0 or last or stop:
         check_finite(*pending)
-        logged = _mean_metrics(history)
+        logged = _logged_metrics(history)
         history = []
         logged['train/examples_per_sec'] = progress.log(
             step, {k: logged[k] for k in ('train/loss', 'train/lr') if k in logged})
@@ -218,17 +268,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if checkpointer.should_save(step) or last or stop:
         check_finite(*pending)
         checkpointer.save(step, state)
-      if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
-        eval_start = time.time()
-        results = run_evals(step)
-        progress.exclude(time.time() - eval_start)
+      eval_start = time.time()
+      step_results = run_evals(step, final=last)
+      if not last:
+        write_figures(step)
+      progress.exclude(time.time() - eval_start)
+      if step_results:
+        results = step_results
         progress.message('eval @ %d: ' % step + ', '.join(
             f'{k}={v:.4f}' for k, v in results.items() if not k.endswith('num_examples')))
       if stop:
         progress.message(f'SIGTERM: checkpoint saved at step {step}; exiting.')
         break
     if step >= total_steps and not results:  # Resumed a finished run: report again.
-      results = run_evals(step)
+      results = run_evals(step, final=True)
   finally:
     checkpointer.wait()
     checkpointer.close()
@@ -236,9 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # Final report: figures and a summary of the eval metrics.
   if step >= total_steps:
-    figures = []
-    for evaluator in evals.values():
-      figures += evaluator.figures(state, workdir)
+    figures = write_figures(step, final=True)
     if is_main:
       lines = [f'Final evaluation at step {step}:']
       lines += [f'  {k:<32s} {v:.4f}' for k, v in sorted(results.items())]
@@ -268,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     train_and_evaluate(config, args.workdir)
   except (config_lib.ConfigError, pipeline.DatasetNotFoundError, pipeline.BatchingError,
-          checkpointing.CheckpointError, NonFiniteLossError) as e:
+          pipeline.UndecodableError, checkpointing.CheckpointError, NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2 if isinstance(e, config_lib.ConfigError) else 1
   return 0

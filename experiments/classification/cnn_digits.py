@@ -41,8 +41,9 @@ def get_config(arg=None):
   config.schedule.name = 'cosine'
   config.schedule.warmup_steps = 50
 
-  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
-                           batch_size=120, num_figure_images=32)
+  config.evals.eval = config_lib.evaluator_config(
+      type='classification', data=dict(split='test'), pp=pp_eval,
+      batch_size=120, num_figure_images=32)
 
   if arg == 'local':
     config.total_epochs = None

@@ -62,8 +62,9 @@ def get_config(arg=None):
   config.schedule.name = 'cosine'
   config.schedule.warmup_epochs = 1
 
-  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
-                           batch_size=1000, num_figure_images=32)
+  config.evals.eval = config_lib.evaluator_config(
+      type='classification', data=dict(split='test'), pp=pp_eval,
+      batch_size=1000, num_figure_images=32)
 
   if 'local' in args:
     config.data.name = 'digits'

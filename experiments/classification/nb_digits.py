@@ -33,9 +33,10 @@ def get_config(arg=None):
   config.data.pp_train = 'decode|value_range(0, 1)'
   pp_eval = 'decode|value_range(0, 1)'
 
-  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
-                           batch_size=120, num_figure_images=32)
-  config.evals.naive_bayes = dict(type='naive_bayes')
+  config.evals.eval = config_lib.evaluator_config(
+      type='classification', data=dict(split='test'), pp=pp_eval,
+      batch_size=120, num_figure_images=32)
+  config.evals.naive_bayes = config_lib.evaluator_config(type='naive_bayes')
 
   if arg == 'local':
     config.batch_size = 160

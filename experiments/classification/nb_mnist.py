@@ -32,9 +32,10 @@ def get_config(arg=None):
   config.data.pp_train = 'decode(1)|value_range(0, 1)|keep("image", "label")'
   pp_eval = config.data.pp_train
 
-  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
-                           batch_size=1000, num_figure_images=32)
-  config.evals.naive_bayes = dict(type='naive_bayes')
+  config.evals.eval = config_lib.evaluator_config(
+      type='classification', data=dict(split='test'), pp=pp_eval,
+      batch_size=1000, num_figure_images=32)
+  config.evals.naive_bayes = config_lib.evaluator_config(type='naive_bayes')
 
   if arg == 'local':
     config.batch_size = 200

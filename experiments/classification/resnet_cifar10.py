@@ -71,8 +71,9 @@ def get_config(arg=None):
     # warm-up over the same span serves the same purpose.
     config.schedule.warmup_steps = 400
 
-  config.evals.eval = dict(type='classification', split='test', pp=pp_eval,
-                           batch_size=1000, num_figure_images=32)
+  config.evals.eval = config_lib.evaluator_config(
+      type='classification', data=dict(split='test'), pp=pp_eval,
+      batch_size=1000, num_figure_images=32)
 
   if 'local' in args:
     config.data.name = 'fake_images/cifar10'

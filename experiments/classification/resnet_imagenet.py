@@ -9,7 +9,7 @@ linear warm-up (Goyal et al., 2017, arXiv:1706.02677) then cosine decay, 90 epoc
 weight decay 1e-4 on the convolution and dense kernels only; Inception-style random
 resized crops and flips for training, 256-resize and central 224 crop for evaluation.
 This is the torchvision / MLPerf-style recipe, which gives about 76-77% top-1 for
-ResNet-50. `--config.label_smoothing=0.1` adds label smoothing (Szegedy et al., 2016);
+ResNet-50. `--config.classification.label_smoothing=0.1` adds label smoothing (Szegedy et al., 2016);
 `--config.compute_dtype=bfloat16` computes in bfloat16 on accelerators.
 
 `:depth=18` picks the depth; `:local` (e.g. `:depth=50,local`) is a seconds-long smoke
@@ -51,7 +51,7 @@ def get_config(arg=None):
   config.log_every_steps = 100
   config.eval_every_steps = 5_000
   config.checkpoint_every_steps = 2_500
-  config.label_smoothing = 0.0  # 0.1 is the usual choice when enabled (+~0.3% top-1).
+  config.classification = dict(label_smoothing=0.0)  # 0.1 is the usual choice when enabled (+~0.3% top-1).
 
   config.data.name = 'imagenet2012'
   config.data.pp_train, pp_eval = preprocessing(224)
@@ -77,8 +77,9 @@ def get_config(arg=None):
   config.schedule.warmup_epochs = 5
 
   # top1 is `accuracy`; the evaluator also reports `top5_accuracy`.
-  config.evals.eval = dict(type='classification', split='validation', pp=pp_eval,
-                           batch_size=1024, num_figure_images=32)
+  config.evals.eval = config_lib.evaluator_config(
+      type='classification', data=dict(split='validation'), pp=pp_eval,
+      batch_size=1024, num_figure_images=32)
 
   if 'local' in args:
     config.data.name = 'fake_images/imagenet2012'

@@ -1,10 +1,13 @@
 """Data layer: per-process shards, resumable order, masked eval, dataset lookup errors."""
 
+import collections
+import itertools
 import os
 
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from vision_jax.data import pipeline
@@ -119,3 +122,83 @@ def test_unprepared_tfds_dataset_offline_says_where_it_looked(tmp_path, monkeypa
 def test_missing_split_is_named(digits):
   with pytest.raises(pipeline.DatasetNotFoundError, match="no split 'validation'"):
     pipeline.split_size(digits, 'validation')
+
+
+@pytest.fixture
+def folder_with_bad_files(tmp_path):
+  """test/a/: three good PNGs, a truncated one and a text file named .png."""
+  folder = tmp_path / 'test' / 'a'
+  os.makedirs(folder)
+  for i in range(3):
+    Image.fromarray(np.full((4, 4), 50 * i, np.uint8)).save(folder / f'good{i}.png')
+  data = (folder / 'good0.png').read_bytes()
+  (folder / 'truncated.png').write_bytes(data[:len(data) // 2])
+  (folder / 'notes.png').write_text('not an image')
+  return tmp_path
+
+
+def test_undecodable_files_are_named_or_skipped(folder_with_bad_files, capsys):
+  builder = pipeline.get_builder(f'folder:{folder_with_bad_files}')
+  with pytest.raises(pipeline.UndecodableError,
+                     match=r'cannot decode image file .*/test/a/(notes|truncated)\.png'):
+    list(pipeline.eval_batches(builder, 'test', batch_size=8, pp=PP))
+  batches = list(pipeline.eval_batches(builder, 'test', batch_size=8, pp=PP,
+                                       skip_undecodable=True))
+  assert [b[pipeline.MASK_KEY].sum() for b in batches] == [3]
+  assert sorted(b.mean() for b in batches[0]['image'][:3]) == pytest.approx(
+      [0, 50 / 255, 100 / 255])
+  assert 'skipping 2 undecodable image file(s)' in capsys.readouterr().err
+  ds = pipeline.train_dataset(builder, 'test', batch_size=6, seed=0, pp=PP,
+                              skip_undecodable=True)
+  assert next(iter(ds.as_numpy_iterator()))['image'].shape == (6, 4, 4, 1)
+
+
+@pytest.fixture(scope='module')
+def tiny_scenes(tmp_path_factory):
+  from vision_jax.data import scenes  # pylint: disable=g-import-not-at-top
+  config = scenes.ScenesConfig(name='tiny_pipeline', num_train=24, num_validation=4,
+                               num_test=10)
+  builder = scenes.Scenes(config=config, data_dir=str(tmp_path_factory.mktemp('scenes')))
+  builder.download_and_prepare()
+  return builder
+
+
+VQA_PP = ('per_question|decode|value_range(0, 1)|tokenize(12, inkey="question", '
+          'outkey="question_tokens")|keep("image", "question_tokens", "question", "answer")')
+
+
+def test_one_example_per_question_in_eval_with_host_side_texts(tiny_scenes):
+  originals = list(tfds.as_numpy(tiny_scenes.as_dataset(split='test')))
+  expected = sorted((q, a) for ex in originals for q, a in zip(ex['questions'], ex['answers']))
+  assert len(expected) > len(originals)
+  seen = []
+  for batch in pipeline.eval_batches(tiny_scenes, 'test', batch_size=8, pp=VQA_PP,
+                                     keep_on_cpu=('question', 'answer')):
+    host = batch[pipeline.HOST_KEY]
+    assert batch['question_tokens'].shape == (8, 12) and 'question' not in batch
+    for valid, q, a in zip(batch[pipeline.MASK_KEY], host['question'], host['answer']):
+      if valid:
+        seen.append((q.item(), a.item()))
+  assert sorted(seen) == expected
+
+
+def test_expanded_training_stream_covers_every_pair_and_resumes(tiny_scenes):
+  pp = 'per_question|tokenize(12, inkey="question", outkey="q")|keep("q")'
+  num_pairs = sum(len(ex['questions']) for ex in tfds.as_numpy(
+      tiny_scenes.as_dataset(split='train')))
+  batch_size = 4
+  steps = num_pairs // batch_size
+  stream = pipeline.train_dataset(tiny_scenes, 'train', batch_size=batch_size, seed=1, pp=pp)
+  batches = [b['q'] for b in itertools.islice(stream.as_numpy_iterator(), steps + 3)]
+  first_epoch = np.concatenate(batches[:steps])
+  every_pair = np.concatenate([b['q'][b[pipeline.MASK_KEY]] for b in pipeline.eval_batches(
+      tiny_scenes, 'train', batch_size=64, pp=pp)])
+  assert len(every_pair) == num_pairs
+  # One epoch draws each pair once (less the remainder of a batch): no pair twice.
+  assert not collections.Counter(map(bytes, first_epoch)) - collections.Counter(
+      map(bytes, every_pair))
+  assert len(first_epoch) == num_pairs - num_pairs % batch_size
+  resumed = pipeline.train_dataset(tiny_scenes, 'train', batch_size=batch_size, seed=1, pp=pp,
+                                   start_step=steps - 1)
+  for expected, got in zip(batches[steps - 1:], resumed.as_numpy_iterator()):
+    np.testing.assert_array_equal(expected, got['q'])

@@ -14,23 +14,28 @@ position for the random preprocessing ops. A run resumed at step `s` therefore s
 exactly the batches an uninterrupted run sees, without storing iterator state.
 """
 
-import dataclasses
+import concurrent.futures
 import os
 import socket
-from typing import Any, Iterator
+import sys
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow.core.framework import tensor_pb2
 
+from vision_jax import config_lib
 import vision_jax.data  # noqa: F401  Registers the embedded builders.
 from vision_jax.data import preprocess
+from vision_jax.dataset_info import DatasetInfo
 
 # TensorFlow only feeds the host; keep it off the accelerators JAX uses.
 tf.config.set_visible_devices([], 'GPU')
 
 MASK_KEY = '_mask'
+HOST_KEY = '_host'  # Host-side fields of an eval batch: {name: [one array per row]}.
 EMBEDDED_DATASETS = ('digits', 'fake_images', 'scenes', 'scenes_video')
 
 
@@ -40,6 +45,10 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class BatchingError(ValueError):
   """Preprocessed examples whose shapes differ, so they cannot form a batch."""
+
+
+class UndecodableError(ValueError):
+  """An image file that cannot be decoded; the message names it."""
 
 
 def _online(host: str = 'storage.googleapis.com', timeout: float = 3.0) -> bool:
@@ -63,17 +72,24 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
     except Exception as e:  # TFDS raises several types for malformed layouts.
       raise DatasetNotFoundError(f'image folder {root} is not usable: {e}') from e
   data_dir = os.path.expanduser(data_dir) if data_dir else None
+  if not name:
+    raise DatasetNotFoundError('no dataset named: set data.name (a TFDS name, an embedded '
+                               f'dataset ({", ".join(EMBEDDED_DATASETS)}) or folder:/path)')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise DatasetNotFoundError(
         f'unknown dataset {name!r}: not a TFDS dataset nor an embedded one '
         f'({", ".join(EMBEDDED_DATASETS)}); for your own images use folder:/path') from None
+  except (ValueError, AssertionError) as e:  # TFDS's words for a bad name or version.
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DatasetNotFoundError(f'dataset {name!r} cannot be loaded: {reason}') from None
   if builder.is_prepared():
     return builder
   if name.split('/')[0] in EMBEDDED_DATASETS or _online():
     _prepare_once(builder)
-    return builder
+    # A fresh builder: one made before another process prepared the data has no splits.
+    return tfds.builder(name, data_dir=data_dir)
   raise DatasetNotFoundError(
       f'dataset {name!r} is not prepared in {builder.data_dir} and this machine is '
       f'offline, so it cannot be downloaded. Prepare it where there is network '
@@ -93,16 +109,6 @@ def _prepare_once(builder: tfds.core.DatasetBuilder) -> None:
   builder.download_and_prepare()
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What a method needs to know about its data, independent of TFDS."""
-  name: str
-  num_examples: dict[str, int]
-  num_classes: int | None
-  class_names: tuple[str, ...] | None
-  metadata: Any = None
-
-
 def dataset_info(builder: tfds.core.DatasetBuilder, name: str) -> DatasetInfo:
   features = builder.info.features
   label = features['label'] if 'label' in features else None
@@ -113,6 +119,16 @@ def dataset_info(builder: tfds.core.DatasetBuilder, name: str) -> DatasetInfo:
       num_classes=label.num_classes if is_class_label else None,
       class_names=tuple(label.names) if is_class_label else None,
       metadata=builder.info.metadata)
+
+
+def check_pp(spec: str, builder, field: str) -> None:
+  """Parses a preprocessing spec now, so a mistake is a `ConfigError` naming `field`."""
+  try:
+    expand_spec, rest = preprocess.split_expanding(spec)
+    preprocess.parse_expansion(expand_spec, metadata=builder.info.metadata)
+    preprocess.parse(rest, metadata=builder.info.metadata)
+  except (ValueError, KeyError, TypeError) as e:
+    raise config_lib.ConfigError(f'{field}: {e}') from None
 
 
 def split_size(builder: tfds.core.DatasetBuilder, split: str) -> int:
@@ -148,21 +164,67 @@ def _shard_sizes(builder, split: str, drop_remainder: bool) -> list[int]:
   return [total // count + (i < total % count) for i in range(count)]
 
 
-def _process_shard(builder, split: str, drop_remainder: bool) -> tuple[tf.data.Dataset, int]:
+def _process_shard(builder, split: str, drop_remainder: bool, *,
+                   skip_undecodable: bool = False) -> tuple[tf.data.Dataset, int]:
   """This process's contiguous part of `split` and its size."""
   sizes = _shard_sizes(builder, split, drop_remainder)
   index = jax.process_index()
   if isinstance(builder, tfds.folder_dataset.ImageFolder):
     # ImageFolder has no sub-split API: read the split and take this process's range.
     start = sum(sizes[:index])
-    return _as_dataset(builder, split).skip(start).take(sizes[index]), sizes[index]
+    ds = _as_dataset(builder, split).skip(start).take(sizes[index])
+    if skip_undecodable:
+      bad = undecodable_files(builder, split)
+      if bad:
+        print(f'warning: skipping {len(bad)} undecodable image file(s) of split {split!r}, '
+              f'e.g. {bad[0]}', file=sys.stderr)
+        bad_paths = tf.constant(bad)
+        ds = ds.filter(lambda ex: tf.logical_not(
+            tf.reduce_any(tf.equal(ex['image/filename'], bad_paths))))
+        return ds, _count(ds)
+    return ds, sizes[index]
   process_split = tfds.split_for_jax_process(split, drop_remainder=drop_remainder)
   return _as_dataset(builder, process_split), sizes[index]
 
 
+def undecodable_files(builder, split: str, *, first_only: bool = False) -> list[str]:
+  """The image files of an ImageFolder split that TensorFlow cannot decode, sorted."""
+  paths = [example.image_path for example in builder._split_examples[split]]  # pylint: disable=protected-access
+
+  def bad(path):
+    try:
+      tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+      return None
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+      return path
+
+  found = []
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:  # Decoding releases the GIL.
+    for result in pool.map(bad, paths):
+      if result:
+        found.append(result)
+        if first_only:
+          break
+  return sorted(found)
+
+
+def _count(ds: tf.data.Dataset) -> int:
+  return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def _expand(ds: tf.data.Dataset, pp: str, metadata) -> tuple[tf.data.Dataset, str, bool]:
+  """Applies the spec's leading expanding ops (one example -> several, e.g. one per
+  question) and returns `(dataset, the rest of the spec, whether it expanded)`."""
+  expand_spec, rest = preprocess.split_expanding(pp)
+  if not expand_spec:
+    return ds, rest, False
+  fn = preprocess.parse_expansion(expand_spec, metadata=metadata)
+  return ds.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(fn(ex))), rest, True
+
+
 def train_dataset(builder, split: str, *, batch_size: int, seed: int, pp: str,
-                  start_step: int = 0, cache: bool = True,
-                  shuffle_buffer: int = 50_000) -> tf.data.Dataset:
+                  start_step: int = 0, cache: bool = True, shuffle_buffer: int = 50_000,
+                  skip_undecodable: bool = False) -> tf.data.Dataset:
   """The process-local training stream from `start_step` on, batched and prefetched.
 
   Args:
@@ -170,12 +232,20 @@ def train_dataset(builder, split: str, *, batch_size: int, seed: int, pp: str,
     split: the split to train on; each process reads its own even part of it.
     batch_size: the per-process batch size.
     seed: the data seed; the order depends only on it and the step.
-    pp: the preprocessing spec (see `preprocess.parse`).
+    pp: the preprocessing spec (see `preprocess.parse`). Leading expanding ops (one
+      example per question) apply before the shuffle, so an epoch is a pass over the
+      expanded examples and the order stays a function of (seed, step).
     start_step: the number of batches already consumed (resume point).
     cache: keep the decoded shard in memory (small datasets).
     shuffle_buffer: the shuffle buffer; the whole shard if smaller.
+    skip_undecodable: leave out image files that cannot be decoded (image folders),
+      with a warning that counts them, instead of stopping with an error naming one.
   """
-  base, num_local = _process_shard(builder, split, drop_remainder=True)
+  base, num_local = _process_shard(builder, split, drop_remainder=True,
+                                   skip_undecodable=skip_undecodable)
+  base, pp, expanded = _expand(base, pp, builder.info.metadata)
+  if expanded:
+    num_local = _count(base)
   if num_local == 0:
     raise ValueError(f'split {split!r} has no examples for process {jax.process_index()}')
   if cache:
@@ -194,50 +264,93 @@ def train_dataset(builder, split: str, *, batch_size: int, seed: int, pp: str,
     return shuffled.enumerate().map(with_rng)
 
   ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch).skip(offset)
-  pp_fn = preprocess.parse(pp)
-  ds = ds.map(lambda ex: _drop_private(pp_fn(ex)), num_parallel_calls=tf.data.AUTOTUNE,
+  pp_fn = preprocess.parse(pp, metadata=builder.info.metadata)
+  ds = ds.map(lambda ex: _device_fields(pp_fn(ex)), num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
   return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _drop_private(example):
-  """Keeps what can become a JAX array: drops pipeline-internal fields and strings
-  (e.g. ImageFolder's `image/filename`; text is tokenized by pp ops before this),
-  flattens nested features to `parent/child` names, and narrows 64-bit values to JAX's
-  default widths."""
-  narrow = {tf.int64: tf.int32, tf.float64: tf.float32}
+def _flatten(example, prefix=''):
+  """Nested features as `parent/child` names."""
   flat = {}
   for key, value in example.items():
-    if key.startswith('_'):
-      continue
     if isinstance(value, dict):
-      flat.update(_drop_private({f'{key}/{k}': v for k, v in value.items()}))
-    elif value.dtype != tf.string:
-      flat[key] = tf.cast(value, narrow[value.dtype]) if value.dtype in narrow else value
+      flat.update(_flatten(value, f'{prefix}{key}/'))
+    else:
+      flat[prefix + key] = value
   return flat
 
 
-def eval_batches(builder, split: str, *, batch_size: int, pp: str,
-                 cache: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def _device_fields(example, host_keys: Sequence[str] = ()):
+  """What can become a JAX array: drops pipeline-internal fields and strings
+  (e.g. ImageFolder's `image/filename`; text is tokenized by pp ops before this),
+  flattens nested features to `parent/child` names, and narrows 64-bit values to JAX's
+  default widths. `host_keys` are kept, whatever their type or shape, serialized to
+  one string each under `_host/<key>`, to be read back on the host."""
+  narrow = {tf.int64: tf.int32, tf.float64: tf.float32}
+  flat = _flatten(example)
+  missing = [k for k in host_keys if k not in flat]
+  if missing:
+    raise KeyError(f'keep_on_cpu names {missing}, which the preprocessed examples lack; '
+                   f'they have {sorted(k for k in flat if not k.startswith("_"))}')
+  fields = {}
+  for key, value in flat.items():
+    if key in host_keys:
+      fields[f'{HOST_KEY}/{key}'] = tf.io.serialize_tensor(value)
+    elif not key.startswith('_') and value.dtype != tf.string:
+      fields[key] = tf.cast(value, narrow[value.dtype]) if value.dtype in narrow else value
+  return fields
+
+
+def _host_fields(batch: dict[str, np.ndarray]) -> dict:
+  """Moves the serialized host fields of a padded batch into `batch[HOST_KEY]`: one
+  numpy array per row, None for the padding rows."""
+  num_real = int(batch[MASK_KEY].sum())
+  host = {}
+  for key in [k for k in batch if k.startswith(HOST_KEY + '/')]:
+    serialized = batch.pop(key)
+    host[key[len(HOST_KEY) + 1:]] = [
+        tf.make_ndarray(tensor_pb2.TensorProto.FromString(serialized[i])) if i < num_real
+        else None for i in range(len(serialized))]
+  batch[HOST_KEY] = host
+  return batch
+
+
+def eval_batches(builder, split: str, *, batch_size: int, pp: str, cache: bool = False,
+                 keep_on_cpu: Sequence[str] = (), skip_undecodable: bool = False
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """Process-local eval batches, padded to `batch_size`, with a `_mask` of real examples.
 
   Every process yields the same number of batches (collectives need that), padding
   with fully masked batches, so each example of the split is counted exactly once.
+  Fields named in `keep_on_cpu` (strings, variable-length references such as all the
+  captions or boxes of an image) stay on the host, in `batch['_host']` as one array per
+  row, beside the device fields: big_vision's `keep_on_cpu`.
   """
-  ds, _ = _process_shard(builder, split, drop_remainder=False)
-  num_batches = -(-max(_shard_sizes(builder, split, False)) // batch_size)
+  ds, _ = _process_shard(builder, split, drop_remainder=False,
+                         skip_undecodable=skip_undecodable)
+  ds, pp, expanded = _expand(ds, pp, builder.info.metadata)
+  counts = _shard_sizes(builder, split, drop_remainder=False)
+  if expanded or skip_undecodable:  # Only counting tells how many examples remain.
+    counts = [_count(ds)]
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      counts = multihost_utils.process_allgather(np.int64(counts[0])).tolist()
+  num_batches = -(-max(counts) // batch_size)
   if cache:
     ds = ds.cache()
-  pp_fn = preprocess.parse(pp)
+  pp_fn = preprocess.parse(pp, metadata=builder.info.metadata)
   zero_seed = tf.zeros([2], tf.int64)
-  ds = ds.map(lambda ex: _drop_private(pp_fn({**ex, preprocess.RNG_KEY: zero_seed})),
+  host_keys = tuple(keep_on_cpu)
+  ds = ds.map(lambda ex: _device_fields(pp_fn({**ex, preprocess.RNG_KEY: zero_seed}),
+                                        host_keys),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
   template = None
   count = 0
-  for batch in as_numpy(ds, pp):
+  for batch in as_numpy(ds, pp, on_decode_error=_undecodable_error(builder, split)):
     template = template or batch
-    yield _pad(batch, batch_size)
+    yield _host_fields(_pad(batch, batch_size))
     count += 1
   if count < num_batches:
     if template is None:
@@ -245,11 +358,31 @@ def eval_batches(builder, split: str, *, batch_size: int, pp: str,
                   for k, s in ds.element_spec.items()}
     empty = {k: v[:0] for k, v in template.items()}
     for _ in range(num_batches - count):
-      yield _pad(empty, batch_size)
+      yield _host_fields(_pad(empty, batch_size))
 
 
-def as_numpy(ds: tf.data.Dataset, pp: str) -> Iterator[dict[str, np.ndarray]]:
-  """Iterates numpy batches; examples that cannot be batched are a clear error."""
+def _undecodable_error(builder, split: str) -> Callable[[Exception], Exception]:
+  """What to raise when TensorFlow fails to decode an image of `split`."""
+  def error(e):
+    where = f'dataset {builder.name}, split {split!r}'
+    if isinstance(builder, tfds.folder_dataset.ImageFolder):
+      bad = undecodable_files(builder, split, first_only=True)
+      if bad:
+        where = f'image file {bad[0]}'
+    return UndecodableError(
+        f'cannot decode {where} (truncated, corrupt or not an image); fix or remove it, or '
+        f'pass --config.data.skip_undecodable=True to leave such files out. TensorFlow '
+        f'said: {str(e).strip().splitlines()[0][:200]}')
+  return error
+
+
+_DECODE_ERRORS = ('decode', 'image format', 'png', 'jpeg', 'gif', 'bmp')
+
+
+def as_numpy(ds: tf.data.Dataset, pp: str, *,
+             on_decode_error: Callable[[Exception], Exception] | None = None
+             ) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates numpy batches; examples that cannot be batched or decoded are a clear error."""
   iterator = iter(tfds.as_numpy(ds))
   while True:
     try:
@@ -257,13 +390,22 @@ def as_numpy(ds: tf.data.Dataset, pp: str) -> Iterator[dict[str, np.ndarray]]:
     except StopIteration:
       return
     except tf.errors.InvalidArgumentError as e:
-      if 'batch' not in str(e).lower() and 'shape' not in str(e).lower():
+      message = str(e).lower()
+      if on_decode_error and any(word in message for word in _DECODE_ERRORS):
+        raise on_decode_error(e) from None
+      if 'batch' not in message and 'shape' not in message:
         raise
       raise BatchingError(
           f'examples of different shapes cannot be batched after preprocessing {pp!r}: '
           'add a resize(...) or crop op (images of several sizes) or decode(channels=...) '
           f'(grey and colour images mixed). TensorFlow said: {str(e).splitlines()[0][:300]}'
       ) from None
+
+
+def train_batches(builder, split: str, **kwargs) -> Iterator[dict[str, np.ndarray]]:
+  """`train_dataset` as numpy batches, with the errors of `as_numpy`."""
+  return as_numpy(train_dataset(builder, split, **kwargs), kwargs['pp'],
+                  on_decode_error=_undecodable_error(builder, split))
 
 
 def _pad(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

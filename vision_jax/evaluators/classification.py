@@ -1,6 +1,8 @@
 """Classification evaluator: loss, top-1, top-5, per-class accuracy, confusion matrix.
 
-Figures: `predictions.png` (test images with predicted labels),
+Reads `data.split` of its data with the method's class scores (`pred`, 'predict' by
+default: logits or log-probabilities over the training classes). Figures, in
+`workdir/<name>/`: `predictions.png` (test images with predicted labels),
 `confusion_matrix.png` and `per_class_accuracy.json`.
 """
 
@@ -12,40 +14,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_jax import evaluators, losses, metrics, parallel, plotting
+from vision_jax import config_lib, evaluators, losses, metrics, parallel, plotting
 from vision_jax.data.pipeline import MASK_KEY
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_sums(batch_sums, predict, num_classes: int, mesh):
+  return jax.jit(parallel.under_mesh(mesh, functools.partial(batch_sums, predict, num_classes)),
+                 out_shardings=parallel.replicated(mesh))
+
+
 class Evaluator(evaluators.Evaluator):
-  """Config: split, pp, batch_size, figures (bool), num_figure_images."""
+  """Options: num_figure_images (test images drawn in predictions.png)."""
+  OPTIONS = {'num_figure_images': 32}
 
   def __init__(self, method, config, **kwargs):
     super().__init__(method, config, **kwargs)
     self.num_classes = method.data_info.num_classes
+    if self.data_info.num_classes not in (None, self.num_classes):
+      raise config_lib.ConfigError(
+          f'evals.{self.name}: dataset {self.data_info.name} has '
+          f'{self.data_info.num_classes} classes, the model {self.num_classes}')
     self.class_names = method.data_info.class_names or tuple(map(str, range(self.num_classes)))
-    self._sums = jax.jit(parallel.under_mesh(self.mesh, self._batch_sums),
-                         out_shardings=parallel.replicated(self.mesh))
+    # One compile for every evaluator of this method and prediction function.
+    self._sums = _jitted_sums(type(self)._batch_sums, self.predict, self.num_classes,
+                              self.mesh)
     self._add = jax.jit(functools.partial(jax.tree.map, jnp.add))
-    self._predict = jax.jit(parallel.under_mesh(self.mesh, method.predict))
     self._last_confusion = None
 
-  def _batch_sums(self, state, batch):
-    logits = self.method.predict(state, batch)
+  @staticmethod
+  def _batch_sums(predict, num_classes, state, batch):
+    logits = predict(state, batch).astype(jnp.float32)
     labels, mask = batch['label'], batch[MASK_KEY].astype(jnp.float32)
     predictions = jnp.argmax(logits, -1)
     sums = {
         'count': mask.sum(),
         'loss': jnp.sum(losses.softmax_cross_entropy(logits, labels) * mask),
         'accuracy': jnp.sum((predictions == labels) * mask),
-        'confusion': metrics.confusion_matrix(labels, predictions, self.num_classes, mask),
+        'confusion': metrics.confusion_matrix(labels, predictions, num_classes, mask),
     }
-    if self.num_classes > 5:
+    if num_classes > 5:
       sums['top5_accuracy'] = jnp.sum(metrics.topk_correct(logits, labels, 5) * mask)
     return sums
 
-  def evaluate(self, state):
+  def evaluate(self, state, *, step, rng):
+    del step, rng
     totals = None
-    for batch in self.global_batches():
+    for batch, _ in self.batches():
       sums = self._sums(state, batch)
       totals = sums if totals is None else self._add(totals, sums)
     totals = parallel.fetch(totals)
@@ -64,30 +79,26 @@ class Evaluator(evaluators.Evaluator):
     accuracy = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
     return dict(zip(self.class_names, map(float, accuracy)))
 
-  def figures(self, state, outdir):
+  def figures(self, state, *, step, rng):
     if self._last_confusion is None:
-      self.evaluate(state)
-    paths = []
-    batch = next(self.global_batches())
-    logits = self._predict(state, batch)
-    if jax.process_index() == 0:
-      count = min(self.config.get('num_figure_images', 32), int(batch[MASK_KEY].shape[0]))
-      images = parallel.local_rows(batch['image'])[:count]
-      labels = parallel.local_rows(batch['label'])[:count]
-      mask = parallel.local_rows(batch[MASK_KEY])[:count]
-      predicted = parallel.local_rows(logits).argmax(-1)[:count]
-      keep = mask.astype(bool)
-      path = os.path.join(outdir, 'predictions.png')
-      plotting.labelled_image_grid(
-          images[keep], [self.class_names[p] for p in predicted[keep]],
-          correct=(predicted == labels)[keep], path=path,
-          title='Test images with predicted labels (red: wrong)')
-      paths.append(path)
-      path = os.path.join(outdir, 'confusion_matrix.png')
-      plotting.confusion_matrix(self._last_confusion, self.class_names, path)
-      paths.append(path)
-      path = os.path.join(outdir, 'per_class_accuracy.json')
-      with open(path, 'w', encoding='utf-8') as f:
-        json.dump(self.per_class_accuracy(), f, indent=1)
-      paths.append(path)
+      self.evaluate(state, step=step, rng=rng)
+    batch, _ = next(self.batches())
+    logits, mask = evaluators.local_outputs(self.predict(state, batch), batch[MASK_KEY])
+    if jax.process_index() != 0:
+      return []
+    outdir = self.make_outdir()
+    count = min(self.config.num_figure_images, len(mask))
+    images = parallel.local_rows(batch['image'])[:count]
+    labels = parallel.local_rows(batch['label'])[:count]
+    keep, predicted = mask[:count], logits.argmax(-1)[:count]
+    paths = [os.path.join(outdir, name) for name in (
+        'predictions.png', 'confusion_matrix.png', 'per_class_accuracy.json')]
+    plotting.labelled_image_grid(
+        images[keep], [self.class_names[p] for p in predicted[keep]],
+        correct=(predicted == labels)[keep], path=paths[0],
+        title=f'{self.name}: {self.data_info.name} images with predicted labels '
+              f'(red: wrong), step {step}')
+    plotting.confusion_matrix(self._last_confusion, self.class_names, paths[1])
+    with open(paths[2], 'w', encoding='utf-8') as f:
+      json.dump(self.per_class_accuracy(), f, indent=1)
     return paths

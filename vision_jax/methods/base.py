@@ -1,12 +1,15 @@
 """The method interface: what every method of the lecture gives the one trainer.
 
-A method owns its model(s), loss, optimizer and evaluators. The trainer owns the mesh,
-data, checkpoints, logging and the loop. Most methods only implement
-`init_variables` and `loss`; one that needs its own update (a GAN's discriminator step
-then generator step) overrides `update` and still rides the same loop.
+A method owns its model(s), loss, optimizer(s) and prediction functions. The trainer
+owns the mesh, data, checkpoints, logging, evaluators and the loop. Most methods only
+implement `init_variables` and `loss`; one that needs its own update (a GAN's
+discriminator step then generator step) overrides `init_state` and `update`, builds
+each player's optimizer with `make_optimizer('optimizer_d')`, steps each player with
+`apply_gradients`, and still rides the same loop. The trainer imports no TensorFlow
+through this module, so research code can use it with any input pipeline.
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -14,8 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vision_jax import optim
-from vision_jax.data.pipeline import DatasetInfo
+from vision_jax import config_lib, optim
+from vision_jax.dataset_info import DatasetInfo
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -28,7 +31,8 @@ class TrainState(flax.struct.PyTreeNode):
     step: the number of updates applied so far.
     params: the trainable parameters (a dict of models' params for multi-model methods).
     opt_state: the optimizer state(s).
-    model_state: non-trained variable collections, e.g. `{'batch_stats': ...}`.
+    model_state: non-trained variable collections, e.g. `{'batch_stats': ...}`, and
+      non-trained copies such as EMA weights.
   """
   step: jax.Array
   params: Any
@@ -36,27 +40,61 @@ class TrainState(flax.struct.PyTreeNode):
   model_state: Any
 
 
+def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads, *,
+                    prefix: str = '') -> tuple[Any, Any, Metrics]:
+  """One optimizer step of one player: `(params, opt_state, norms)`.
+
+  The norms are `<prefix>grad_norm`, `<prefix>update_norm` and `<prefix>param_norm`
+  (of the new params); the trainer stops on a non-finite `param_norm`.
+  """
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  norms = {f'{prefix}grad_norm': optax.global_norm(grads),
+           f'{prefix}update_norm': optax.global_norm(updates),
+           f'{prefix}param_norm': optax.global_norm(params)}
+  return params, opt_state, norms
+
+
 class Method:
   """Base class of a training method.
 
+  Class attributes a method sets:
+    name: the config group of its options, `config.<name>` (e.g. 'classification').
+    OPTIONS: those options with their defaults; a field of `config.<name>` that is not
+      here is an error, and `self.options` holds the completed group.
+    PREDICTIONS: the names of its prediction functions `fn(state, batch) -> outputs`,
+      which evaluators name in their `pred` field (big_vision's `pred`): e.g.
+      'predict' (class scores), 'embed_image', 'embed_text', 'decode', 'sample'.
+
   Attributes:
     config: the experiment config.
-    data_info: the dataset's sizes and label names.
-    schedule: the learning-rate schedule (step -> lr).
-    tx: the optax optimizer.
+    data_info: the training dataset's sizes, label names and metadata.
+    total_steps: the number of training steps.
+    steps_per_epoch: training steps per pass over the training split.
+    options: `config.<name>` completed with `OPTIONS`.
+    schedule: the learning-rate schedule (step -> lr) of `config.optimizer`.
+    tx: the optax optimizer of `config.optimizer`.
   """
+  name: str = ''
+  OPTIONS: dict[str, Any] = {}
+  PREDICTIONS: tuple[str, ...] = ()
 
   def __init__(self, config: ml_collections.ConfigDict, data_info: DatasetInfo, *,
                total_steps: int, steps_per_epoch: int):
     self.config = config
     self.data_info = data_info
     self.total_steps = total_steps
-    self.schedule = optim.learning_rate_schedule(config, total_steps, steps_per_epoch)
-    self.tx = self.make_optimizer()
+    self.steps_per_epoch = steps_per_epoch
+    given = config.get(self.name) if self.name else None
+    if given is not None and not isinstance(given, (dict, ml_collections.ConfigDict)):
+      raise config_lib.ConfigError(f'config field {self.name} must be a group of options')
+    self.options = config_lib.complete(given, ml_collections.ConfigDict(self.OPTIONS),
+                                       self.name or type(self).__name__)
+    self.schedule, self.tx = self.make_optimizer()
 
   @property
   def compute_dtype(self):
-    return jnp.dtype(self.config.get('compute_dtype', 'float32'))
+    return jnp.dtype(self.config.compute_dtype)
 
   # What a method supplies.
 
@@ -70,8 +108,28 @@ class Method:
 
   # Shared machinery, which a method may override.
 
-  def make_optimizer(self) -> optax.GradientTransformation:
-    return optim.make_optimizer(self.config, self.schedule)
+  def make_optimizer(self, key: str = 'optimizer', schedule_key: str = 'schedule'
+                     ) -> tuple[optax.Schedule, optax.GradientTransformation]:
+    """`(schedule, tx)` of the optimizer group `config.<key>` (see `vision_jax.optim`)."""
+    return optim.from_config(self.config, total_steps=self.total_steps,
+                             steps_per_epoch=self.steps_per_epoch, optimizer=key,
+                             schedule=schedule_key)
+
+  def prediction_function(self, name: str) -> Callable[[TrainState, Batch], Any]:
+    """The prediction function `name`, evaluated on `eval_state(state)`."""
+    if name not in self.PREDICTIONS:
+      raise config_lib.ConfigError(
+          f'method {self.config.method} has no prediction function {name!r}; it has '
+          f'{", ".join(self.PREDICTIONS) or "none"}')
+    cache = self.__dict__.setdefault('_prediction_functions', {})
+    if name not in cache:  # One function object per name, so evaluators share its jit.
+      fn = getattr(self, name)
+      cache[name] = lambda state, batch: fn(self.eval_state(state), batch)
+    return cache[name]
+
+  def eval_state(self, state: TrainState) -> TrainState:
+    """The state that evaluators and prediction functions see (e.g. with EMA weights)."""
+    return state
 
   def init_state(self, rng: jax.Array, batch: Batch) -> TrainState:
     variables = dict(self.init_variables(rng, batch))
@@ -80,9 +138,13 @@ class Method:
                       opt_state=self.tx.init(params), model_state=variables)
 
   def update(self, state: TrainState, batch: Batch, rng: jax.Array):
-    """One optimizer step, averaging gradients over `config.grad_accum_steps` micro-batches."""
+    """One optimizer step, averaging gradients over `config.grad_accum_steps` micro-batches.
+
+    Metrics whose names start with `num_` are counts (summed over the logged steps by
+    the trainer); the others are means (averaged).
+    """
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-    accum = self.config.get('grad_accum_steps', 1) or 1
+    accum = self.config.grad_accum_steps or 1
     if accum == 1:
       (loss, (metrics, model_state)), grads = grad_fn(
           state.params, state.model_state, batch, rng)
@@ -102,13 +164,10 @@ class Method:
       (grads, model_state), (losses, metrics) = jax.lax.scan(
           accumulate, (zeros, state.model_state), (micro, jnp.arange(accum)))
       grads = jax.tree.map(lambda g: g / accum, grads)
-      loss, metrics = losses.mean(), jax.tree.map(jnp.mean, metrics)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, 'loss': loss, 'lr': self.schedule(state.step),
-               'grad_norm': optax.global_norm(grads),
-               'update_norm': optax.global_norm(updates),
-               'param_norm': optax.global_norm(params)}
+      loss = losses.mean()
+      metrics = {k: v.sum() if k.startswith('num_') else v.mean() for k, v in metrics.items()}
+    params, opt_state, norms = apply_gradients(self.tx, state.params, state.opt_state, grads)
+    metrics = {**metrics, **norms, 'loss': loss, 'lr': self.schedule(state.step)}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state=model_state)
     return new_state, metrics

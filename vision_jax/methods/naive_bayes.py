@@ -39,22 +39,25 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 class Method(base.Method):
   """Counts binarised pixels per class; `predict` gives log P(c) + log P(x | c)."""
+  name = 'naive_bayes'
+  OPTIONS = {'smoothing': 1.0, 'threshold': 0.5}
+  PREDICTIONS = ('predict',)
 
   def __init__(self, config, data_info, **kwargs):
     super().__init__(config, data_info, **kwargs)
     if not data_info.num_classes:
       raise config_lib.ConfigError(
           f'dataset {data_info.name} has no class label feature `label`')
-    options = config.get('naive_bayes') or {}
-    self.smoothing = float(options.get('smoothing', 1.0))
-    self.threshold = float(options.get('threshold', 0.5))
+    self.smoothing = float(self.options.smoothing)
+    self.threshold = float(self.options.threshold)
     if self.smoothing <= 0:
       # k = 0 gives log 0 for any pixel never (or always) on in a class.
       raise config_lib.ConfigError(
           f'naive_bayes.smoothing must be > 0, got {self.smoothing}')
 
-  def make_optimizer(self):
-    return optax.identity()
+  def make_optimizer(self, key='optimizer', schedule_key='schedule'):
+    del key, schedule_key
+    return optax.constant_schedule(0.0), optax.identity()
 
   def init_variables(self, rng, batch):
     del rng
