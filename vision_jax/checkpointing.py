@@ -170,7 +170,7 @@ class Checkpointer:
     self._manager.close()
 
 
-def _saved_steps(workdir: str) -> list[int]:
+def saved_steps(workdir: str) -> list[int]:
   """The finished steps under `workdir/checkpoints` (Orbax renames a save into place)."""
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
@@ -204,7 +204,7 @@ def read_latest(workdir: str) -> dict[str, Any]:
   Independent of the devices and processes that saved it: for analysis and research code.
   """
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  steps = _saved_steps(os.path.dirname(directory))
+  steps = saved_steps(os.path.dirname(directory))
   if not steps:
     raise CheckpointError(f'no checkpoint in {directory}')
   path = os.path.join(directory, str(steps[-1]), 'default')
@@ -268,7 +268,7 @@ def _checkpoint_item(path: str, step: int | None) -> str:
   if not os.path.exists(path):
     raise CheckpointError(f'init_from.path {path} does not exist')
   if os.path.isdir(os.path.join(path, 'checkpoints')):  # A workdir.
-    steps = _saved_steps(path)
+    steps = saved_steps(path)
     if not steps:
       raise CheckpointError(f'init_from.path {path}: no checkpoint in {path}/checkpoints')
     if step is not None and step not in steps:

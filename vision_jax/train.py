@@ -68,14 +68,6 @@ def _logged_metrics(history: list[dict]) -> dict[str, float]:
       [h[k] for h in history])) for k in history[0]}
 
 
-def _latest_saved_step(workdir: str) -> int:
-  """The latest finished checkpoint's step (0 if none), read without creating anything."""
-  directory = os.path.join(workdir, 'checkpoints')
-  steps = [int(name) for name in os.listdir(directory) if name.isdigit()] \
-      if os.path.isdir(directory) else []
-  return max(steps, default=0)
-
-
 def _image_array(path: str) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(path) as image:
@@ -144,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       config, data_info, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
 
   # The data stream resumes where the latest checkpoint left off.
-  start_step = _latest_saved_step(workdir)
+  start_step = max(checkpointing.saved_steps(workdir), default=0)  # Read-only.
   train_iter = pipeline.train_batches(
       builder, data.train_split, batch_size=local_batch_size, seed=config.seed,
       pp=data.pp_train, start_step=start_step, cache=data.cache,
