@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices (before JAX starts), quiet TensorFlow, shared data dir."""
 
+import hashlib
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -28,3 +29,23 @@ def digits_data_dir(data_dir):
   from vision_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   pipeline.get_builder('digits', data_dir)
   return data_dir
+
+
+def _file_hashes(root) -> dict[str, str] | None:
+  """Every file under `root` (or `root` itself, if a file) by its SHA-256; None if absent."""
+  root = str(root)
+  if not os.path.exists(root):
+    return None
+  paths = [root] if os.path.isfile(root) else [
+      os.path.join(folder, name) for folder, _, files in os.walk(root) for name in files]
+  hashes = {}
+  for path in paths:
+    with open(path, 'rb') as f:
+      hashes[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return hashes
+
+
+@pytest.fixture
+def file_hashes():
+  """`file_hashes(root)`: what a failed run must leave unchanged."""
+  return _file_hashes

@@ -6,7 +6,6 @@ a substring the error line must contain.
 """
 
 import dataclasses
-import hashlib
 import os
 import shutil
 import subprocess
@@ -106,22 +105,6 @@ CASES = [
 ]
 
 
-def tree_hashes(root: str) -> dict[str, str] | None:
-  """Every file under `root` (or `root` itself if a file) by its SHA-256; None if absent."""
-  if not os.path.exists(root):
-    return None
-  if os.path.isfile(root):
-    with open(root, 'rb') as f:
-      return {'': hashlib.sha256(f.read()).hexdigest()}
-  hashes = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(folder, name)
-      with open(path, 'rb') as f:
-        hashes[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return hashes
-
-
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, data_dir):
   """A workdir of cnn_digits:local TINY with checkpoints at steps 2 (kept pristine)."""
@@ -150,7 +133,7 @@ def make_workdir(kind: str, path: str, finished_run: str) -> None:
     pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)]
                  if c.xfail else []) for c in CASES])
 def test_bad_input_is_one_clear_error_and_changes_nothing(case, tmp_path, data_dir, request,
-                                                          capfd):
+                                                          capfd, file_hashes):
   root = str(tmp_path)
   workdir = os.path.join(root, 'workdir')
   if case.workdir != 'new':
@@ -158,7 +141,7 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(case, tmp_path, data_d
   overrides = {'data.data_dir': data_dir, **TINY, **case.overrides}
   if case.prepare:
     overrides.update(case.prepare(root))
-  before = tree_hashes(workdir)
+  before = file_hashes(workdir)
   argv = ['--config', case.config, '--workdir', workdir] + [
       f'--config.{k}={v}' for k, v in overrides.items()]
   if case.in_process:  # Saves the start-up of a process; fd-level capture sees everything.
@@ -181,4 +164,4 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(case, tmp_path, data_d
     assert not os.path.exists(workdir) or not os.listdir(workdir), (
         f'the failed run left {os.listdir(workdir)} in its new workdir')
   else:
-    assert tree_hashes(workdir) == before, 'the failed run changed the workdir'
+    assert file_hashes(workdir) == before, 'the failed run changed the workdir'

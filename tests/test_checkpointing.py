@@ -173,7 +173,7 @@ def test_not_a_checkpoint_folder_and_an_empty_workdir(tmp_path, fresh):
 @pytest.mark.parametrize('reader', ['resume', 'initialize_from'])
 @pytest.mark.parametrize('damage', ['every_file', 'array_data'])
 def test_corrupt_checkpoint_is_one_line_and_untouched(tmp_path, fresh, capfd, monkeypatch,
-                                                      damage, reader):
+                                                      damage, reader, file_hashes):
   state, sharding = fresh
   checkpointer = checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep=1)
   checkpointer.save(3, make_state(3))
@@ -185,7 +185,7 @@ def test_corrupt_checkpoint_is_one_line_and_untouched(tmp_path, fresh, capfd, mo
       if damage == 'every_file' or os.path.basename(folder) == 'd':  # OCDBT's data files.
         with open(os.path.join(folder, name), 'wb') as f:
           f.write(b'\x00garbage')
-  before = tree_bytes(tmp_path)
+  before = file_hashes(tmp_path)
   # Orbax's abandoned concurrent reads raise in their callbacks ('Event loop is closed').
   unraisable = []
   monkeypatch.setattr(sys, 'unraisablehook', unraisable.append)
@@ -206,16 +206,7 @@ def test_corrupt_checkpoint_is_one_line_and_untouched(tmp_path, fresh, capfd, mo
   assert not unraisable, [u.exc_value for u in unraisable]
   out, err = capfd.readouterr()
   assert not out + err, out + err
-  assert tree_bytes(tmp_path) == before
-
-
-def tree_bytes(root):
-  contents = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      with open(os.path.join(folder, name), 'rb') as f:
-        contents[os.path.relpath(os.path.join(folder, name), root)] = f.read()
-  return contents
+  assert file_hashes(tmp_path) == before
 
 
 # End to end through the launcher.

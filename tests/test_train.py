@@ -232,18 +232,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(last_good))
 
 
-def _tree_bytes(root):
-  contents = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      with open(os.path.join(folder, name), 'rb') as f:
-        contents[os.path.relpath(os.path.join(folder, name), root)] = f.read()
-  return contents
-
-
 @pytest.mark.parametrize('damage', ['corrupt', 'incompatible'])
 def test_bad_checkpoint_is_a_clear_error_and_nothing_is_touched(tmp_path, data_dir, capsys,
-                                                               damage):
+                                                               damage, file_hashes):
   workdir = str(tmp_path)
   args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir,
           f'--config.data.data_dir={data_dir}', '--config.total_steps=4',
@@ -257,12 +248,12 @@ def test_bad_checkpoint_is_a_clear_error_and_nothing_is_touched(tmp_path, data_d
           f.write(b'\x00garbage')
   else:
     args += ['--config.model.features=(4, 4, 4)']
-  before = _tree_bytes(workdir)
+  before = file_hashes(workdir)
   assert train.main(args + ['--config.total_steps=8']) == 1
   error = capsys.readouterr().err
   assert f'checkpoint {checkpoint} cannot be restored' in error
   assert error.count('\n') == 1
-  assert _tree_bytes(workdir) == before
+  assert file_hashes(workdir) == before
 
 
 def _free_port():
