@@ -126,18 +126,6 @@ def test_other_platforms_lower_to_xla_convolutions():
   assert 'vision_jax_conv' in lowered('cpu') and 'convolution' not in lowered('cpu')
 
 
-def test_xla_only_context_traces_xla_convolutions():
-  x, w = random((2, 8, 8, 16), 0), random((3, 3, 16, 16), 1)
-  def lowered():  # a new function each time: JAX reuses the traces of a function
-    conv = lambda x, w: cpu_conv.conv_general_dilated(x, w, (1, 1), 'SAME',
-                                                      dimension_numbers=NHWC)
-    return jax.jit(conv).lower(x, w).as_text()
-  with library.xla_only():
-    assert not cpu_conv.covered(x, w, (1, 1), 'SAME', dimension_numbers=NHWC)
-    assert 'vision_jax_conv' not in lowered()
-  assert 'vision_jax_conv' in lowered()
-
-
 def test_results_do_not_depend_on_thread_timing():
   x, w = random((16, 12, 12, 16), 0), random((3, 3, 16, 32), 1)
   dy = random((16, 12, 12, 32), 2)

@@ -15,7 +15,6 @@ runs them on each device's shard (`jax.shard_map`), where XLA would otherwise ga
 the whole batch onto every device.
 """
 
-import contextlib
 import ctypes
 import hashlib
 import logging
@@ -47,25 +46,11 @@ BATCH = jax.P(DATA_AXIS)
 
 _load_lock = threading.Lock()
 _loaded: bool | None = None
-_xla_only = threading.local()
-
-
-@contextlib.contextmanager
-def xla_only():
-  """Traces XLA's own operations instead of the kernels within it, e.g. for XLA's FLOP
-  counts, which cannot see inside custom calls. JAX reuses a function's earlier
-  traces, so trace new functions (e.g. a new `jax.jit` of a new closure) within it."""
-  previous = getattr(_xla_only, 'on', False)
-  _xla_only.on = True
-  try:
-    yield
-  finally:
-    _xla_only.on = previous
 
 
 def enabled() -> bool:
-  """Whether kernels are traced here: built and loaded, and not inside `xla_only()`."""
-  return not getattr(_xla_only, 'on', False) and _available()
+  """Whether kernels are traced here: built and loaded."""
+  return _available()
 
 
 def _cache_dir() -> Path:
