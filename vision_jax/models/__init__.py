@@ -11,6 +11,7 @@ import importlib
 import logging
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -54,3 +55,19 @@ def get_model(model_config: ml_collections.ConfigDict, **overrides: Any):
       logging.warning('vision_jax: model.cpu_kernels is for XLA:CPU; on %s the models '
                       "use Flax's own layers", backend)
   return module.Model(**kwargs)
+
+
+def classifier_outputs(maps: dict[str, jax.Array], pre_logits: jax.Array,
+                       num_classes: int | None, dtype: Any) -> dict[str, jax.Array]:
+  """Adds 'pre_logits' and, unless `num_classes` is None (a headless backbone), the
+  'logits' of a Dense layer named 'head' to a classifier's named maps.
+
+  Call it inside the classifier's compact method, so that the head is its submodule.
+  """
+  maps['pre_logits'] = pre_logits
+  if num_classes is not None:
+    logits = nn.Dense(num_classes, dtype=dtype, name='head')(pre_logits)
+    # Float32 logits keep the softmax and the loss at full precision (a float64
+    # model, e.g. for finite differences, keeps float64).
+    maps['logits'] = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  return maps

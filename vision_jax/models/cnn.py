@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax import models
+
 POOLINGS = ('max', 'avg', 'none')
 ModuleDef = Any
 
@@ -120,10 +122,4 @@ class Model(nn.Module):
     for i, width in enumerate(self.dense_features):
       x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f'dense{i + 1}')(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    maps['pre_logits'] = x
-    if self.num_classes is not None:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-      # Float32 logits keep the softmax and the loss at full precision (a float64
-      # model, e.g. for finite differences, keeps float64).
-      maps['logits'] = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return maps
+    return models.classifier_outputs(maps, x, self.num_classes, self.dtype)

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax import models
+
 ModuleDef = Any
 
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out').
@@ -190,10 +192,5 @@ class Model(nn.Module):
             dtype=self.dtype, conv=self.conv, norm=self.norm,
             name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
       maps[f'stage{stage + 1}'] = x
-    x = maps['pre_logits'] = jnp.mean(x, axis=(1, 2))
-    if self.num_classes is not None:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-      # Float32 logits keep the softmax and the loss at full precision (a float64
-      # model, e.g. for finite differences, keeps float64).
-      maps['logits'] = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return maps
+    return models.classifier_outputs(maps, jnp.mean(x, axis=(1, 2)), self.num_classes,
+                                     self.dtype)
