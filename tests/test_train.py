@@ -323,3 +323,20 @@ def test_images_of_several_sizes_without_a_resize_are_a_clear_error(tmp_path, ca
           f'--config.data.name=folder:{tmp_path}', '--config.batch_size=8']
   assert train.main(args) == 1
   assert 'add a resize(...)' in capsys.readouterr().err
+
+
+def test_an_unprepared_dataset_falls_back_to_the_embedded_one(tmp_path, data_dir, monkeypatch):
+  from vision_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(pipeline, '_online', lambda: False)
+  config = tiny_config(data_dir, **{'data.name': 'mnist', 'data.fallback': 'digits',
+                                    'total_steps': 2, 'log_every_steps': 1})
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'), num_devices=1)
+  assert results['eval/num_examples'] == 360  # The digits' test split.
+  _, name, note = pipeline.training_builder(config.data)
+  assert name == 'digits' and note.endswith("training on the embedded 'digits' instead "
+                                            '(data.fallback)')
+  # Without a fallback, the same config is the one-line offline error.
+  config = tiny_config(data_dir, **{'data.name': 'mnist'})
+  with pytest.raises(pipeline.DatasetNotFoundError, match='not prepared'):
+    train.train_and_evaluate(config, str(tmp_path / 'other'), num_devices=1)
+  assert not os.path.exists(tmp_path / 'other')

@@ -212,6 +212,20 @@ def read_latest(workdir: str) -> dict[str, Any]:
   return _restore_item(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved))
 
 
+def restore_latest(workdir: str, abstract_state: Any) -> tuple[int, Any]:
+  """`(step, state)`: a run's latest checkpoint read into `abstract_state` (a tree of
+  `jax.ShapeDtypeStruct`s with shardings), without opening the run for writing."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  steps = saved_steps(os.path.dirname(directory))
+  if not steps:
+    raise CheckpointError(f'no checkpoint in {directory}')
+  path = os.path.join(directory, str(steps[-1]), 'default')
+  with _reading(path, 'cannot be restored into the state of the run\'s config (corrupt, '
+                'or saved by a different model)'):
+    with ocp.StandardCheckpointer() as checkpointer:
+      return steps[-1], checkpointer.restore(path, abstract_state)
+
+
 # Starting from another run's checkpoint.
 
 def _key_name(key) -> str:

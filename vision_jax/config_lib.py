@@ -236,6 +236,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = ''
+  # An embedded dataset trained on (with a message) when data.name is not prepared here,
+  # so a recipe for MNIST runs on the embedded digits on a machine without MNIST.
+  config.data.fallback = ''
   config.data.data_dir = placeholder(str)  # None: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
   config.data.train_split = 'train'
   config.data.pp_train = 'decode|value_range(0, 1)'

@@ -88,3 +88,38 @@ def class_pixel_probabilities(probabilities: np.ndarray, class_names, class_coun
   fig.suptitle('Bernoulli Naive Bayes: per-class pixel probabilities' + more, fontsize=10)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def image_rows(rows: Sequence[np.ndarray], path: str, *, row_labels: Sequence[str] = (),
+               column_labels: Sequence[str] = (), title: str = '',
+               cell_inches: float = 0.9) -> None:
+  """Rows of images in [0, 1] (each row `[K, H, W, C]`), drawn on a fixed 0..1 scale so
+  that samples, inputs and reconstructions compare; labels on the left and on top."""
+  num_rows, columns = len(rows), max(len(r) for r in rows)
+  label_width = 0.9 if any(row_labels) else 0.0
+  fig, axes = plt.subplots(
+      num_rows, columns, squeeze=False,
+      # At least 4 inches wide, so that the title fits above a narrow grid.
+      figsize=(max(cell_inches * columns + label_width, 4.0), cell_inches * num_rows + 0.5))
+  for r, row in enumerate(rows):
+    for c, ax in enumerate(axes[r]):
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_visible(False)
+      if c >= len(row):
+        continue
+      image = np.clip(np.asarray(row[c], np.float32), 0, 1)
+      if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+      else:
+        ax.imshow(image, interpolation='nearest')
+      if r == 0 and c < len(column_labels):
+        ax.set_title(column_labels[c], fontsize=7)
+    if r < len(row_labels):
+      axes[r][0].set_ylabel(row_labels[r], fontsize=8, rotation=0, ha='right', va='center')
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout(pad=0.3, h_pad=0.1, w_pad=0.1)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

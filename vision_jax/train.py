@@ -120,7 +120,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Input. Nothing is written to the workdir until the data, the method and the
   # evaluators have been set up, so a mistake in any of them leaves it as it was.
   data = config.data
-  builder = pipeline.get_builder(data.name, data.data_dir)
+  builder, data_name, data_note = pipeline.training_builder(data)
+  if data_name != data.name:  # The fallback: evaluators of the training data read it too.
+    data = ml_collections.ConfigDict(data.to_dict())
+    data.name = data_name
   data_info = pipeline.dataset_info(builder, data.name)
   num_train = pipeline.split_size(builder, data.train_split)
   pipeline.check_pp(data.pp_train, builder, 'data.pp_train')
@@ -181,6 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = reporting.MetricWriter(workdir, enabled=is_main)
   progress = reporting.Progress(total_steps, start_step, config.batch_size, enabled=is_main)
   if is_main:
+    if data_note:
+      progress.message(data_note)
     progress.message(
         f'{config.method} on {data.name}: {total_steps} steps of {config.batch_size} '
         f'examples over {mesh.devices.size} device(s) in {jax.process_count()} process(es); '

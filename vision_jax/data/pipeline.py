@@ -97,6 +97,27 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
       f'or pass --config.data.name=folder:/path/to/images')
 
 
+def training_builder(data_config) -> tuple[tfds.core.DatasetBuilder, str, str]:
+  """`(builder, name, note)` of the training data `config.data`.
+
+  When `data.name` is a TFDS name that is not available here and `data.fallback` names
+  an embedded dataset, that one is used and `note` says so (else `note` is ''). An image
+  folder is never replaced: a folder the user named must exist.
+  """
+  name, fallback = data_config.name, data_config.get('fallback')
+  try:
+    return get_builder(name, data_config.data_dir), name, ''
+  except DatasetNotFoundError as e:
+    if not fallback or name.startswith('folder:'):
+      raise
+    if fallback.split('/')[0] not in EMBEDDED_DATASETS:
+      raise DatasetNotFoundError(f'data.fallback {fallback!r} is not an embedded dataset '
+                                 f'({", ".join(EMBEDDED_DATASETS)})') from None
+    reason = str(e).split('. ')[0]
+    return (get_builder(fallback, data_config.data_dir), fallback,
+            f'{reason}; training on the embedded {fallback!r} instead (data.fallback)')
+
+
 def _prepare_once(builder: tfds.core.DatasetBuilder) -> None:
   """Process 0 prepares first, so processes sharing a data dir do not race."""
   if jax.process_count() > 1:

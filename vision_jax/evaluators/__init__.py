@@ -62,7 +62,9 @@ class Evaluator:
     pipeline.split_size(self.builder, data.split)  # A missing split is an error now.
     pipeline.check_pp(self.config.pp, self.builder, f'evals.{name}.pp')
     self.data_info = pipeline.dataset_info(self.builder, data.name or train_data.name)
-    self.predict = _jitted(method.prediction_function(self.config.pred), mesh)
+    # An evaluator that calls the method in other ways (the generative one) sets pred ''.
+    self.predict = (_jitted(method.prediction_function(self.config.pred), mesh)
+                    if self.config.pred else None)
 
   def due(self, step: int, default_every_steps: int) -> bool:
     every = self.config.every_steps
