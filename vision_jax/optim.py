@@ -8,10 +8,15 @@ e.g. `config.optimizer_d = config_lib.optimizer_config(name='adam', b1=0.5)`) ha
 The peak learning rate is scaled by batch_size / config.lr_batch_base when that is set.
 A schedule config (`config.schedule`) has name ('constant' | 'cosine' | 'piecewise'),
 warmup_steps or warmup_epochs, and for 'piecewise' boundaries_steps or
-boundaries_epochs with decay_factor.
+boundaries_epochs with decay_factor. `with_ema(tx, decay)` adds an exponential moving
+average of the parameters to any optimizer; `ema_params(opt_state)` reads it back (for
+a method's `eval_state`).
 """
 
+from typing import Any, NamedTuple
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -98,3 +103,53 @@ def from_config(config: ml_collections.ConfigDict, *, total_steps: int,
   lr_schedule = learning_rate_schedule(config[schedule], peak_learning_rate(config, opt_config),
                                        total_steps, steps_per_epoch, schedule)
   return lr_schedule, make_optimizer(opt_config, lr_schedule, optimizer)
+
+
+# An exponential moving average of the parameters, as a last optimizer stage.
+
+class ParamsEmaState(NamedTuple):
+  """The exponential moving average of the parameters, kept as optimizer state so that
+  checkpoints hold it and a resumed run continues it."""
+  count: jax.Array
+  ema: Any
+
+
+def params_ema(decay: float, warmup: bool = True) -> optax.GradientTransformation:
+  """An optax stage, chained after the optimizer, that keeps an EMA of the new params.
+
+  With `warmup`, the decay at update n is min(decay, (1 + n) / (10 + n)), as in
+  TensorFlow's `ExponentialMovingAverage(num_updates=...)`: early averages are not
+  dominated by the random initialisation, which matters for short runs. The updates
+  pass through unchanged.
+  """
+  def init(params):
+    return ParamsEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
+
+  def update(updates, state, params):
+    if params is None:
+      raise ValueError('params_ema needs the params: call tx.update(grads, state, params)')
+    count = state.count + 1
+    rate = jnp.asarray(decay, jnp.float32)
+    if warmup:
+      rate = jnp.minimum(rate, (1.0 + count) / (10.0 + count))
+    new_params = optax.apply_updates(params, updates)
+    ema = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, state.ema, new_params)
+    return updates, ParamsEmaState(count, ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state: Any) -> Any:
+  """The EMA params of an optimizer state built by `with_ema` (its last stage)."""
+  state = opt_state[-1]
+  if not isinstance(state, ParamsEmaState):
+    raise ValueError('this optimizer state has no params_ema stage')
+  return state.ema
+
+
+def with_ema(tx: optax.GradientTransformation, decay: float, warmup: bool = True
+             ) -> optax.GradientTransformation:
+  """`tx` followed by `params_ema(decay)`; `decay` 0 or None returns `tx` unchanged."""
+  if not decay:
+    return tx
+  return optax.chain(tx, params_ema(decay, warmup))

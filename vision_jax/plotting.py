@@ -118,8 +118,10 @@ def image_rows(rows: Sequence[np.ndarray], path: str, *, row_labels: Sequence[st
         ax.set_title(column_labels[c], fontsize=7)
     if r < len(row_labels):
       axes[r][0].set_ylabel(row_labels[r], fontsize=8, rotation=0, ha='right', va='center')
+  height = fig.get_size_inches()[1]
   if title:
     fig.suptitle(title, fontsize=9)
-  fig.tight_layout(pad=0.3, h_pad=0.1, w_pad=0.1)
+  # The top 0.4 inch is the title's, so that it never covers the first row.
+  fig.tight_layout(pad=0.3, h_pad=0.1, w_pad=0.1, rect=(0, 0, 1, 1 - 0.4 / height))
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from vision_jax import checkpointing, config_lib, inference, plotting
-from vision_jax.methods import generative
+from vision_jax.methods import generative, get_method_class
 
 
 class SampleError(ValueError):
@@ -32,10 +32,13 @@ class SampleError(ValueError):
 def draw(workdir: str, *, num: int, label: int | None = None, seed: int = 0,
          batch_size: int = 256, **options) -> tuple[np.ndarray, np.ndarray | None, str]:
   """`(images uint8 [num, H, W, C], labels or None, run description)`."""
-  config, method, state = inference.load_run(workdir)
-  if not isinstance(method, generative.Method) or not method.has('generate'):
-    raise SampleError(f'{workdir} holds a {config.method} run, which does not generate '
+  method_name = inference.read_config(workdir).method
+  method_class = get_method_class(method_name)
+  if not (issubclass(method_class, generative.Method)
+          and 'generate' in method_class.CAPABILITIES):
+    raise SampleError(f'{workdir} holds a {method_name} run, which does not generate '
                       'images (the VAE, GAN and diffusion runs do)')
+  config, method, state = inference.load_run(workdir)
   options = method.sample_options(options)
   if label is not None:
     if not method.conditional:

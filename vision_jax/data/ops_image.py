@@ -281,3 +281,12 @@ def resize_small(smaller_size: int, method: str = 'bilinear', **keys) -> Op:
     return joint.apply(example, lambda x: _resize(x, size, method),
                        lambda x: _resize(x, size, 'nearest'))
   return op
+
+
+@register('binarize')
+@inkey_outkey('image')
+def binarize(threshold: float = 0.5):
+  """Float32 1 where the image, on the [0, 1] range (after `value_range(0, 1)`), is
+  above `threshold`, else 0: binary images for a Bernoulli likelihood (e.g. MNIST
+  thresholded at 0.5), with the same rule as `naive_bayes.threshold`."""
+  return lambda image: tf.cast(tf.cast(image, tf.float32) > threshold, tf.float32)

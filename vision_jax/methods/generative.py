@@ -1,4 +1,4 @@
-"""What the generative methods share: image shape, conditioning, EMA and the sampling API.
+"""What the generative methods share: image shape, conditioning and the sampling API.
 
 The `generative` evaluator and `python -m vision_jax.sample` call the methods through
 this interface, so one evaluator draws sample grids, reconstructions, interpolations
@@ -20,64 +20,14 @@ names the keyword options of `generate` with their defaults (diffusion: 'steps',
 command's flags set.
 """
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
-import optax
 
 from vision_jax import config_lib
 from vision_jax.methods import base
 
 CAPABILITY_NAMES = ('generate', 'reconstruct', 'interpolate', 'trajectory', 'test_metrics')
-
-
-class ParamsEmaState(NamedTuple):
-  """The exponential moving average of the parameters, kept as optimizer state so that
-  checkpoints hold it and a resumed run continues it."""
-  count: jax.Array
-  ema: Any
-
-
-def params_ema(decay: float, warmup: bool = True) -> optax.GradientTransformation:
-  """An optax stage, chained after the optimizer, that keeps an EMA of the new params.
-
-  With `warmup`, the decay at update n is min(decay, (1 + n) / (10 + n)), as in
-  TensorFlow's `ExponentialMovingAverage(num_updates=...)`: early averages are not
-  dominated by the random initialisation, which matters for short runs. The updates
-  pass through unchanged.
-  """
-  def init(params):
-    return ParamsEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
-
-  def update(updates, state, params):
-    if params is None:
-      raise ValueError('params_ema needs the params: call tx.update(grads, state, params)')
-    count = state.count + 1
-    rate = jnp.asarray(decay, jnp.float32)
-    if warmup:
-      rate = jnp.minimum(rate, (1.0 + count) / (10.0 + count))
-    new_params = optax.apply_updates(params, updates)
-    ema = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, state.ema, new_params)
-    return updates, ParamsEmaState(count, ema)
-
-  return optax.GradientTransformation(init, update)
-
-
-def ema_params(opt_state: Any) -> Any:
-  """The EMA params of an optimizer state built by `with_ema` (its last stage)."""
-  state = opt_state[-1]
-  if not isinstance(state, ParamsEmaState):
-    raise ValueError('this optimizer state has no params_ema stage')
-  return state.ema
-
-
-def with_ema(tx: optax.GradientTransformation, decay: float, warmup: bool = True
-             ) -> optax.GradientTransformation:
-  """`tx` followed by `params_ema(decay)`; `decay` 0 or None returns `tx` unchanged."""
-  if not decay:
-    return tx
-  return optax.chain(tx, params_ema(decay, warmup))
 
 
 class Method(base.Method):
