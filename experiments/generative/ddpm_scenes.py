@@ -6,24 +6,30 @@ r"""Class-conditional DDPM on the colour `scenes/single` (one shape, 32x32, 40 c
       --label 7 --guidance 2
 
 The classes are colour x shape ('red circle', ...: `scenes.CLASS_NAMES`), so guidance
-has something to show: the label fixes the object's colour and shape, the noise its
-size, place and background. Sized for a CPU (the embedded-data experiment, under 15
-minutes on 2 cores): a U-Net of 32 channels with multipliers (1, 2, 2) (32 -> 16 -> 8),
-1 residual block per level, attention at 8x8; the linear schedule (T = 1000); label
-dropout 0.1; Adam at 1e-3 (100 warm-up steps, gradients clipped at norm 1), EMA 0.995;
-batch 32 for 1,500 steps (2.4 epochs of the 20,000 training images). Evaluated with
-50 DDIM steps and guidance w = 2: a grid of one row per class, trajectories,
-interpolations and the test `simple_loss`. For a classifier FID and
-`sample_label_accuracy`, add `--config.evals.eval.fid_classifier=DIR` with a
-classification run on the same data, e.g. `experiments/classification/cnn_digits.py
---config.data.name=scenes/single`. What it reaches: see MEASURED below.
+has something to show: the label is to fix the object's colour and shape, the noise its
+size, place and background. Sized for a CPU (the embedded-data experiment): a U-Net of
+16 channels with multipliers (1, 2, 2) (32 -> 16 -> 8), 1 residual block per level,
+attention at 8x8; the linear schedule (T = 1000); label dropout 0.1; Adam at 1e-3 (100
+warm-up steps, gradients clipped at norm 1), EMA 0.995; batch 32 for 1,500 steps (2.4
+epochs of the 20,000 training images). Evaluated with 25 DDIM steps and guidance w = 2:
+a grid of 4 samples per class, trajectories, interpolations and the test `simple_loss`.
+For a classifier FID and `sample_label_accuracy`, add
+`--config.evals.eval.fid_classifier=DIR`, a classification run on the same data and
+preprocessing (e.g. `experiments/classification/cnn_digits.py
+--config.data.name=scenes/single`, trained long enough: 800 steps of it reach only 40%).
+
+Measured (the command above): test simple_loss 0.0324. The samples are objects of one
+colour on textured backgrounds like the data's, but with this budget neither the colour
+nor the shape reliably follows the label: a longer run (or a wider U-Net) is needed for
+that. It took 17.5 minutes of wall clock, 804 s of CPU time, on 2 CPU cores shared with
+three other jobs (a load of about 7); on 2 cores of its own, about 8 minutes (an
+estimate from the CPU time, not measured). Preparing `scenes/single` once takes about
+40 s more.
 
 `:local` is a seconds-long smoke run with a tiny U-Net.
 """
 
 from vision_jax import config_lib
-
-MEASURED = 'not yet measured'
 
 
 def get_config(arg=None):

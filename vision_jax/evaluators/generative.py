@@ -105,8 +105,11 @@ class Evaluator(evaluators.Evaluator):
     cache = self.__dict__.setdefault('_method_functions', {})
     if capability not in cache:
       method, fn = self.method, getattr(self.method, capability)
+      # The trajectory is the sampler's chain: it takes the sampling options too.
+      options = self.sample_options if capability == 'trajectory' else {}
       cache[capability] = self._replicated_jit(
-          lambda state, *args: fn(method.eval_state(state), *args), static_argnums=static)
+          lambda state, *args: fn(method.eval_state(state), *args, **options),
+          static_argnums=static)
     return cache[capability]
 
   # FID's classifier.

@@ -11,7 +11,8 @@ and jittable, and returns float32 images in [0, 1] shaped `[N, *image_shape]`:
   reconstruct(state, batch, rng)                    {'input', 'reconstruction'} and,
                                                     for a denoising model, 'clean'
   interpolate(state, batch, rng, num_points)        [P, num_points, ...] between pairs
-  trajectory(state, rng, labels, num_frames)        [N, num_frames, ...] from noise to image
+  trajectory(state, rng, labels, num_frames, **sample_options)
+                                                    [N, num_frames, ...] from noise to image
   test_metrics(state, batch, rng)                   per-example [N] float32 values
 
 A method defines the ones it has and lists them in `CAPABILITIES`; `SAMPLE_OPTIONS`
