@@ -1,7 +1,7 @@
 """Autoencoder, denoising autoencoder and VAE: their losses against literal numpy
 transcriptions of the papers' formulas, the corruptions' statistics, the IWAE bound,
-the encoder/decoder's derivatives in float64, 8 devices equal 1, and the `:local`
-experiments end to end."""
+8 devices equal 1, and the `:local` experiments end to end (the family's derivatives
+under every transformation: tests/models/test_autodiff.py)."""
 
 import functools
 import math
@@ -79,52 +79,6 @@ def perturbed(params, seed=1):
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda p: p * (1 + 0.1 * rng.standard_normal(p.shape))
                       + 0.05 * rng.standard_normal(p.shape), params)
-
-
-def central_difference(fn, x, direction, eps=1e-6):
-  return (fn(x + eps * direction) - fn(x - eps * direction)) / (2 * eps)
-
-
-def test_grad_jvp_vmap_and_hvp_of_the_encoder_decoder_in_float64():
-  # The variational model: every layer of the family, and its encoder's split.
-  with jax.enable_x64(True):
-    model = models.get_model(
-        dict(name='autoencoder', features=(3, 4), latent_dim=3, dense_features=(5,)),
-        image_shape=SHAPE, variational=True, dtype=jnp.float64)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.uniform(size=(2, *SHAPE)))
-    params = perturbed(jit(model.init)(jax.random.key(0), x)['params'])
-    target = jnp.asarray(rng.uniform(size=(1, *SHAPE)))  # The same for every image.
-    eps = jnp.asarray(rng.standard_normal((2, 3)))
-
-    def f(x, eps=eps):
-      """A smooth scalar through the encoder, the reparameterised sample
-      z = mean + sigma * eps and the decoder."""
-      mean, log_variance = model.apply({'params': params}, x, method='encode')
-      code = mean + jnp.exp(0.5 * log_variance) * eps
-      logits = model.apply({'params': params}, code, method='decode')
-      return jnp.sum(target * jax.nn.log_sigmoid(logits) + jnp.sin(logits))
-
-    v = jnp.asarray(rng.standard_normal(x.shape))
-    grad_fn = jit(jax.grad(f))
-    grad = grad_fn(x)
-    _, tangent = jit(lambda x, v: jax.jvp(f, (x,), (v,)))(x, v)
-    expected = central_difference(jit(f), x, v)
-    assert abs(expected) > 1e-3  # Not vacuous.
-    np.testing.assert_allclose(jnp.vdot(grad, v), expected, rtol=1e-6)
-    np.testing.assert_allclose(tangent, expected, rtol=1e-6)
-    # Per-example gradients under vmap; the examples are independent, so they are the
-    # batch gradient's rows.
-    per_example = jit(jax.vmap(jax.grad(lambda xi, ei: f(xi[None], ei[None]))))(x, eps)
-    np.testing.assert_allclose(per_example, grad, rtol=1e-9, atol=1e-12)
-    # Forward over reverse (a Hessian-vector product) against differences of grad.
-    hvp = jit(lambda x, v: jax.jvp(jax.grad(f), (x,), (v,))[1])(x, v)
-    np.testing.assert_allclose(hvp, central_difference(grad_fn, x, v),
-                               rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(hvp))))
-    # Reverse over reverse (grad of grad, as a gradient penalty needs): the same
-    # product, since the Hessian is symmetric.
-    grad_of_grad = jit(jax.grad(lambda x, v: jnp.vdot(jax.grad(f)(x), v)))(x, v)
-    np.testing.assert_allclose(grad_of_grad, hvp, rtol=1e-9, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- autoencoder

@@ -1,6 +1,6 @@
 """Diffusion: schedules against closed forms, the loss and the sampler steps against
 literal transcriptions of their papers, guidance, timestep spacing, determinism, 8
-devices equal 1, an end-to-end `:local` run, and the U-Net's derivatives in float64."""
+devices equal 1, an end-to-end `:local` run, and the U-Net's shapes and size."""
 
 import functools
 import math
@@ -336,36 +336,7 @@ def test_local_conditional_run_trains_and_evaluates(tmp_path, data_dir):
     assert (tmp_path / 'eval' / name).stat().st_size > 1000
 
 
-# The U-Net's derivatives.
-
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
-@pytest.mark.usefixtures('x64')
-def test_unet_grad_and_jvp_match_finite_differences():
-  model = unet.Model(**unet.TINY, num_classes=3, dtype=jnp.float64)
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((2, 8, 8, 1)))
-  t, labels = jnp.array([3, 900]), jnp.array([0, 3])  # 3: the null class
-  variables = jit(model.init)(jax.random.key(0), x, t, labels)
-  params = perturbed(variables['params'], scale=0.1)
-  weights = jnp.asarray(rng.standard_normal(x.shape))
-
-  def f(x):  # a scalar function of the input through every block
-    return jnp.sum(weights * model.apply({'params': params}, x, t, labels))
-
-  direction = jnp.asarray(rng.standard_normal(x.shape))
-  eps = 1e-6
-  expected = (jit(f)(x + eps * direction) - jit(f)(x - eps * direction)) / (2 * eps)
-  grad, tangent = jit(lambda x, v: (jax.grad(f)(x), jax.jvp(f, (x,), (v,))[1]))(
-      x, direction)
-  assert abs(float(expected)) > 1e-3
-  np.testing.assert_allclose(jnp.vdot(grad, direction), expected, rtol=1e-6)
-  np.testing.assert_allclose(tangent, expected, rtol=1e-6)
-
+# The U-Net; its derivatives under every transformation are in tests/models/test_autodiff.py.
 
 def test_unet_shapes_and_odd_sides():
   model = unet.Model(channels=8, channel_multipliers=(1, 2, 2), num_res_blocks=1,

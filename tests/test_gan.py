@@ -1,7 +1,8 @@
 """The GAN: its losses and penalties against their papers' formulas, the D-then-G update
 against a hand computation (and the stale-D alternative), separate optimizer states and
 EMA, 8 devices equal 1, kill-and-resume, the capabilities, an end-to-end run, and the
-DCGAN players' derivatives against finite differences in float64."""
+gradient of the R1 penalty against finite differences in float64 (the players'
+derivatives under every transformation: tests/models/test_autodiff.py)."""
 
 import functools
 import os
@@ -358,7 +359,7 @@ def test_scenes_config_matches_its_data():
   assert dcgan.start_resolution((32, 32), len(model.generator_features)) == (4, 4)
 
 
-# Derivatives of the players, in float64, against central differences.
+# The gradient of the R1 penalty, in float64, against central differences.
 
 EPS = 1e-6
 
@@ -399,46 +400,6 @@ def players64(norm):
     return model, {**variables, 'params': params}, images, labels
 
 
-def scalar(model, variables, player, train):
-  """f(params, inputs, labels): a weighted sum of one player's outputs, the same
-  weights for every example (so that a batch of one is an example)."""
-  method = 'generate' if player == 'generator' else 'discriminate'
-  def f(params, inputs, labels):
-    v = {'params': {player: params},
-         **{c: {player: t[player]} for c, t in variables.items()
-            if c != 'params' and player in t}}
-    out = model.apply(v, inputs, labels, train=train, method=method,
-                      mutable=['batch_stats'] if train else False)
-    out = out[0] if train else out
-    weights = jnp.sin(jnp.arange(out[0].size, dtype=out.dtype) + 1.0).reshape(out.shape[1:])
-    return jnp.sum(weights * out)
-  return f
-
-
-@pytest.mark.usefixtures('x64')
-@pytest.mark.parametrize('player', ['generator', 'discriminator'])
-@pytest.mark.parametrize('train_mode', [True, False], ids=['train', 'eval'])
-def test_grad_and_jvp_against_finite_differences(player, train_mode):
-  model, variables, images, labels = players64('batch')
-  inputs = (jnp.asarray(np.random.default_rng(2).standard_normal((3, dcgan.TINY['latent_dim'])))
-            if player == 'generator' else images)
-  f = scalar(model, variables, player, train_mode)
-  params = variables['params'][player]
-  v = random_like(inputs, 3)
-  grad = jit(jax.grad(f, argnums=1))(params, inputs, labels)
-  tangent = jit(lambda p, x, v: jax.jvp(lambda x: f(p, x, labels), (x,), (v,))[1])(
-      params, inputs, v)
-  expected = central_difference(lambda x: jit(f)(params, x, labels), inputs, v)
-  assert abs(float(expected)) > 1e-6
-  np.testing.assert_allclose(jnp.vdot(grad, v), expected, rtol=1e-5)
-  np.testing.assert_allclose(tangent, expected, rtol=1e-5)
-  if not train_mode:  # Examples are independent: per-example gradients are the batch's.
-    one = lambda p, x, y: f(p, x[None], y[None])
-    per_example = jit(jax.vmap(jax.grad(one, argnums=1), in_axes=(None, 0, 0)))(
-        params, inputs, labels)
-    np.testing.assert_allclose(per_example, grad, rtol=1e-10, atol=1e-14)
-
-
 @pytest.mark.usefixtures('x64')
 @pytest.mark.parametrize('norm', ['batch', 'layer'])
 def test_grad_of_the_r1_penalty_against_finite_differences(norm):
@@ -469,20 +430,3 @@ def test_grad_of_the_r1_penalty_against_finite_differences(norm):
   expected = central_difference(jit(penalty), params, u, eps=1e-8)
   assert abs(float(expected)) > 1e-6
   np.testing.assert_allclose(tree_vdot(grads, u), expected, rtol=1e-4)
-
-
-@pytest.mark.usefixtures('x64')
-def test_hessian_of_d_on_a_few_pixels():
-  model, variables, images, labels = players64('layer')
-  f = scalar(model, variables, 'discriminator', False)
-  params = variables['params']['discriminator']
-  pixels = np.array([3, 200, 1000])
-  def on_pixels(z):
-    return f(params, images.ravel().at[pixels].set(z).reshape(images.shape), labels)
-  z = images.ravel()[pixels]
-  hessian = jit(jax.hessian(on_pixels))(z)
-  np.testing.assert_allclose(hessian, hessian.T, atol=1e-12)
-  grad = jit(jax.grad(on_pixels))
-  for j in range(len(pixels)):
-    expected = central_difference(grad, z, jnp.eye(len(pixels))[j])
-    np.testing.assert_allclose(hessian[:, j], expected, rtol=1e-4, atol=1e-8)

@@ -30,8 +30,7 @@ def test_total_params(capsys, spec, total):
 
 def test_layer_rows_and_flops_match_closed_forms():
   config = config_lib.load_config(os.path.join(EXPERIMENTS, 'cnn_mnist.py'))
-  model, input_shape = summary.build_model(config)
-  rows, total_flops = summary.layers(model, input_shape)
+  rows, total_flops = summary.layers(*summary.build_model(config))
   by_name = {'/'.join(r.path): r for r in rows}
   assert by_name[''].output_shape == (1, 10)
   assert by_name['stage1_conv1'].output_shape == (1, 28, 28, 32)
@@ -55,3 +54,24 @@ def test_depth_limits_rows_and_missing_fields_are_named(capsys):
   code = summary.main(['--config', os.path.join(REPO, 'experiments/classification/cnn_digits.py')])
   assert code == 2
   assert 'data.input_shape and data.num_classes' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('spec', ['gan_mnist.py:conditional', 'ddpm_mnist.py:conditional',
+                                  'vae_mnist.py'])
+def test_generative_models_as_their_methods_build_them(spec):
+  config = config_lib.load_config(os.path.join(REPO, 'experiments/generative', spec))
+  model, input_shape, init = summary.build_model(config)
+  rows, _ = summary.layers(model, input_shape, init, flops=False, max_depth=2)
+  by_name = {'/'.join(r.path): r for r in rows}
+  if spec.startswith('gan'):  # both players; G projects [z, label embedding] to 7x7x64
+    assert {'generator', 'discriminator'} <= set(by_name)
+    assert by_name['generator/project'].params == (
+        (model.latent_dim + model.label_features) * 7 * 7 * 64)
+    assert by_name['generator'].output_shape == (1, 28, 28, 1)
+  elif spec.startswith('ddpm'):  # eps_theta(x_t, t, label): the label table has a null row
+    assert by_name[''].output_shape == (1, 28, 28, 1)
+    assert by_name['label_embedding'].params == 11 * 4 * config.model.channels
+  else:  # the encoder's mean and log-variance, the decoder's logits
+    assert by_name['encoder'].output_shape == (1, 2 * config.model.latent_dim)
+    assert by_name['decoder'].output_shape == (1, 28, 28, 1)
+  assert by_name[''].params == sum(r.params for r in rows if len(r.path) == 1)

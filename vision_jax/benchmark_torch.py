@@ -1,17 +1,24 @@
-"""PyTorch eager twins of the benchmarked models, for like-for-like timings.
+"""PyTorch eager twins of the benchmarked models and steps, for like-for-like timings.
 
 Each twin has the layers, shapes, initial BatchNorm settings and optimizer of its Flax
-model (`vision_jax/models/{cnn,cifar_resnet,resnet}.py`), so a training step does
-the same arithmetic. Only `vision_jax.benchmark --torch` imports this module; PyTorch
-is not a dependency of the project.
+model (`vision_jax/models/{cnn,cifar_resnet,resnet,unet}.py`), so a training step does
+the same arithmetic. The step follows `config.method`: 'classification' (cross-entropy)
+or 'diffusion' (`vision_jax.methods.diffusion`'s L_simple on the U-Net, with label
+dropout, gradient clipping and the parameter EMA when the config has them). Only
+`vision_jax.benchmark --torch` imports this module; PyTorch is not a dependency of the
+project.
 """
 
+import math
 import os
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from vision_jax.methods import diffusion
+from vision_jax.models import unet
 
 
 def _bn(features: int) -> nn.BatchNorm2d:
@@ -163,16 +170,196 @@ class ResNet(nn.Module):
     return self.head(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-def build_model(name: str, kwargs: dict[str, Any], input_shape, num_classes: int) -> nn.Module:
-  """The twin of `vision_jax.models.<name>.Model(**kwargs)` for NHWC `input_shape`."""
+# The DDPM U-Net. Submodules carry the Flax modules' names (`down0_block0.conv1`), so
+# parameters map one to one. The residual shortcut (a Flax Dense on the map) is a 1x1
+# convolution; attention's Dense layers are Linear layers over the [N, H*W, C] positions.
+
+def _group_norm(channels: int, norm_groups: int) -> nn.GroupNorm:
+  # Flax's GroupNorm epsilon is 1e-6 (PyTorch's default 1e-5).
+  return nn.GroupNorm(unet.num_groups(channels, norm_groups), channels, eps=1e-6)
+
+
+def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+  conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+  nn.init.zeros_(conv.weight)
+  nn.init.zeros_(conv.bias)
+  return conv
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0):
+  """`models/unet.py: timestep_embedding`: [N] -> [N, dim], sin then cos."""
+  half = dim // 2
+  freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32)
+                    / (half - 1))
+  args = t.float()[:, None] * freqs[None]
+  return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class ResBlock(nn.Module):
+  """`models/unet.py: ResBlock`."""
+
+  def __init__(self, in_channels: int, features: int, temb_dim: int, dropout: float,
+               norm_groups: int):
+    super().__init__()
+    self.norm1 = _group_norm(in_channels, norm_groups)
+    self.conv1 = nn.Conv2d(in_channels, features, 3, padding=1)
+    self.temb_proj = nn.Linear(temb_dim, features)
+    self.norm2 = _group_norm(features, norm_groups)
+    self.dropout = nn.Dropout(dropout)
+    self.conv2 = _zero_conv(features, features)
+    self.shortcut = (nn.Conv2d(in_channels, features, 1) if in_channels != features
+                     else nn.Identity())
+
+  def forward(self, x, temb):
+    h = self.conv1(F.silu(self.norm1(x)))
+    h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+    h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+    return self.shortcut(x) + h
+
+
+class AttentionBlock(nn.Module):
+  """`models/unet.py: AttentionBlock`: q, k, v from one projection laid out [3, heads, d]."""
+
+  def __init__(self, channels: int, num_heads: int, norm_groups: int):
+    super().__init__()
+    if channels % num_heads:
+      raise ValueError(f'{channels} channels do not split into {num_heads} heads')
+    self.num_heads = num_heads
+    self.norm = _group_norm(channels, norm_groups)
+    self.qkv = nn.Linear(channels, 3 * channels)
+    self.proj_out = nn.Linear(channels, channels)
+    nn.init.zeros_(self.proj_out.weight)
+    nn.init.zeros_(self.proj_out.bias)
+
+  def forward(self, x):
+    n, channels, height, width = x.shape
+    # [N, H*W, C]: a view of a channels-last map, as Flax's NHWC.
+    h = self.norm(x).permute(0, 2, 3, 1).reshape(n, height * width, channels)
+    qkv = self.qkv(h).reshape(n, height * width, 3, self.num_heads, -1)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # Each [N, heads, positions, d].
+    out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
+    out = self.proj_out(out.transpose(1, 2).reshape(n, height * width, channels))
+    return x + out.reshape(n, height, width, channels).permute(0, 3, 1, 2)
+
+
+class Downsample(nn.Conv2d):
+  """Flax's stride-2 'SAME' 3x3 convolution: on an even side it pads 0 before, 1 after
+  (PyTorch's padding=1 would pad 1 on both sides and sample other positions)."""
+
+  def __init__(self, channels: int):
+    super().__init__(channels, channels, 3, stride=2)
+
+  def forward(self, x):
+    return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+
+class UNet(nn.Module):
+  """`models/unet.py: Model` for `image_size` inputs: forward(x, t, labels=None)."""
+
+  def __init__(self, in_channels: int, image_size: tuple[int, int], *, channels=64,
+               channel_multipliers=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7,),
+               num_heads=1, dropout=0.0, norm_groups=32, num_classes=None,
+               out_channels=None):
+    super().__init__()
+    levels = len(channel_multipliers)
+    height, width = image_size
+    if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
+      raise ValueError(f'{levels} U-Net levels halve the {height}x{width} input '
+                       f'{levels - 1} times, which needs sides divisible by 2^(levels - 1)')
+    temb_dim = 4 * channels
+    self.channels, self.num_classes = channels, num_classes
+    self.temb_dense0 = nn.Linear(channels, temb_dim)
+    self.temb_dense1 = nn.Linear(temb_dim, temb_dim)
+    if num_classes is not None:
+      self.label_embedding = nn.Embedding(num_classes + 1, temb_dim)
+    block = lambda c_in, c_out: ResBlock(c_in, c_out, temb_dim, dropout, norm_groups)  # noqa: E731
+    attention = lambda c: AttentionBlock(c, num_heads, norm_groups)  # noqa: E731
+
+    # The Flax model's order of layers, by name, with where each output goes.
+    self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+    self.down, skips, c, side = [], [channels], channels, height
+    for level, mult in enumerate(channel_multipliers):
+      for i in range(num_res_blocks):
+        self._add(f'down{level}_block{i}', block(c, channels * mult), self.down)
+        c = channels * mult
+        if side in attention_resolutions:
+          self._add(f'down{level}_attention{i}', attention(c), self.down)
+        self.down.append('skip')
+        skips.append(c)
+      if level != levels - 1:
+        self._add(f'down{level}_downsample', Downsample(c), self.down)
+        self.down.append('skip')
+        skips.append(c)
+        side //= 2
+    self.middle_block0 = block(c, c)
+    self.middle_attention = attention(c)
+    self.middle_block1 = block(c, c)
+    self.up = []
+    for level in reversed(range(levels)):
+      for i in range(num_res_blocks + 1):
+        self.up.append('concat')
+        c_in, c = c + skips.pop(), channels * channel_multipliers[level]
+        self._add(f'up{level}_block{i}', block(c_in, c), self.up)
+        if side in attention_resolutions:
+          self._add(f'up{level}_attention{i}', attention(c), self.up)
+      if level != 0:
+        self.up.append('upsample')
+        self._add(f'up{level}_upsample', nn.Conv2d(c, c, 3, padding=1), self.up)
+        side *= 2
+    self.norm_out = _group_norm(c, norm_groups)
+    self.conv_out = _zero_conv(c, out_channels or in_channels)
+
+  def _add(self, name: str, module: nn.Module, path: list[str]) -> None:
+    self.add_module(name, module)
+    path.append(name)
+
+  def _run(self, name: str, h, temb):
+    module = getattr(self, name)
+    return module(h, temb) if isinstance(module, ResBlock) else module(h)
+
+  def forward(self, x, t, labels=None):
+    temb = self.temb_dense0(timestep_embedding(t, self.channels))
+    temb = self.temb_dense1(F.silu(temb))
+    if self.num_classes is not None:
+      if labels is None:
+        raise ValueError('a model with num_classes needs labels (num_classes: the null class)')
+      temb = temb + self.label_embedding(labels)
+    elif labels is not None:
+      raise ValueError('labels given to a model without num_classes')
+    h = self.conv_in(x)
+    skips = [h]
+    for name in self.down:
+      if name == 'skip':
+        skips.append(h)
+      else:
+        h = self._run(name, h, temb)
+    h = self.middle_block1(self.middle_attention(self.middle_block0(h, temb)), temb)
+    for name in self.up:
+      if name == 'concat':
+        h = torch.cat([h, skips.pop()], dim=1)
+      elif name == 'upsample':
+        h = F.interpolate(h, scale_factor=2, mode='nearest')
+      else:
+        h = self._run(name, h, temb)
+    return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def build_model(name: str, kwargs: dict[str, Any], input_shape,
+                num_classes: int | None) -> nn.Module:
+  """The twin of `vision_jax.models.<name>.Model(**kwargs)` for NHWC `input_shape`.
+
+  For 'unet', `num_classes` is the label count of a conditional model, None for none.
+  """
   height, width, channels = input_shape
+  if name == 'unet':
+    return UNet(channels, (height, width), num_classes=num_classes, **kwargs)
   if name == 'cnn':
     return CNN(channels, (height, width), num_classes, **kwargs)
   if name == 'cifar_resnet':
     return CifarResNet(channels, num_classes, **kwargs)
   if name == 'resnet':
     return ResNet(channels, num_classes, **kwargs)
-  raise ValueError(f'no PyTorch twin of model {name!r} (have cnn, cifar_resnet, resnet)')
+  raise ValueError(f'no PyTorch twin of model {name!r} (have cnn, cifar_resnet, resnet, unet)')
 
 
 def _param_groups(model: nn.Module, weight_decay: float, weights_only: bool):
@@ -200,15 +387,15 @@ def make_optimizer(model: nn.Module, opt_config, lr: float) -> torch.optim.Optim
   raise ValueError(f'no PyTorch optimizer for {name!r}')
 
 
-def make_train_step(config, input_shape, num_classes: int, batch_size: int,
-                    channels_last: bool = True) -> Callable[[], None]:
-  """A closure running one eager training step on a fixed random batch."""
-  torch.set_num_threads(len(os.sched_getaffinity(0)))
-  torch.manual_seed(config.seed)
-  model = build_model(config.model.name, {k: v for k, v in config.model.items()
-                                          if k not in ('name', 'dtype')},
-                      input_shape, num_classes)
-  memory_format = torch.channels_last if channels_last else torch.contiguous_format
+def _model_kwargs(model_config) -> dict[str, Any]:
+  return {k: v for k, v in model_config.items() if k not in ('name', 'dtype', 'cpu_kernels')}
+
+
+def _classification_step(config, input_shape, num_classes: int, batch_size: int,
+                         memory_format) -> Callable[[], None]:
+  """Cross-entropy on the classifier twin (`methods/classification.py`)."""
+  model = build_model(config.model.name, _model_kwargs(config.model), input_shape,
+                      num_classes)
   model = model.to(memory_format=memory_format).train()
   optimizer = make_optimizer(model, config.optimizer, config.lr)
   height, width, channels = input_shape
@@ -223,3 +410,75 @@ def make_train_step(config, input_shape, num_classes: int, batch_size: int,
     optimizer.step()
 
   return step
+
+
+def _diffusion_step(config, input_shape, num_classes: int, batch_size: int,
+                    memory_format) -> Callable[[], None]:
+  """`methods/diffusion.py: Method.loss` (L_simple) and its optimizer with the EMA stage.
+
+  Each step draws t ~ U{0..T-1}, eps ~ N(0, I) and, conditional, the label dropout to
+  the null class; the gradients are clipped to `grad_clip_norm` if set and the EMA of
+  the parameters is updated with `optim.params_ema`'s decay, min(decay, (1+n)/(10+n)).
+  The step returns its loss.
+  """
+  options = {**diffusion.Method.OPTIONS, **dict(config.get('diffusion') or {})}
+  conditional = bool(options['conditional'])
+  model = build_model(config.model.name, _model_kwargs(config.model), input_shape,
+                      num_classes if conditional else None)
+  model = model.to(memory_format=memory_format).train()
+  optimizer = make_optimizer(model, config.optimizer, config.lr)
+  params = list(model.parameters())
+  clip_norm = config.optimizer.get('grad_clip_norm')
+  ema_decay = options['ema_decay'] or 0.0
+  ema = [p.detach().clone() for p in params] if ema_decay else None
+  count = [0]
+  schedule = diffusion.Schedule.make(options['beta_schedule'], int(options['num_timesteps']))
+  # Float32 tables, as the jitted loss reads them (`diffusion._const`).
+  alphas_cumprod = torch.tensor(schedule.alphas_cumprod, dtype=torch.float64).float()
+  label_dropout = options['label_dropout'] if conditional else 0.0
+
+  height, width, channels = input_shape
+  images = torch.randn(batch_size, channels, height, width).to(memory_format=memory_format)
+  labels = torch.randint(0, num_classes, (batch_size,))
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    x0 = 2 * images - 1
+    t = torch.randint(0, schedule.num_timesteps, (batch_size,))
+    eps = torch.randn_like(x0)
+    abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    y = None
+    if conditional:
+      y = labels
+      if label_dropout:
+        y = torch.where(torch.rand(batch_size) < label_dropout, num_classes, labels)
+    loss = F.mse_loss(model(x_t, t, y), eps)
+    loss.backward()
+    if clip_norm:
+      torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
+    optimizer.step()
+    if ema is not None:
+      count[0] += 1
+      rate = min(ema_decay, (1 + count[0]) / (10 + count[0]))
+      with torch.no_grad():
+        torch._foreach_lerp_(ema, params, 1 - rate)  # ema = rate ema + (1 - rate) params
+    return loss.detach()
+
+  return step
+
+
+_STEPS = {'classification': _classification_step, 'diffusion': _diffusion_step}
+
+
+def make_train_step(config, input_shape, num_classes: int, batch_size: int,
+                    channels_last: bool = True) -> Callable[[], None]:
+  """A closure running one eager training step of `config.method` on a fixed random batch."""
+  method = config.get('method', 'classification')
+  if method not in _STEPS:
+    raise ValueError(f'no PyTorch twin of the training step of method {method!r} '
+                     f'(have {", ".join(_STEPS)})')
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  torch.manual_seed(config.seed)
+  memory_format = torch.channels_last if channels_last else torch.contiguous_format
+  return _STEPS[method](config, input_shape, num_classes, batch_size, memory_format)

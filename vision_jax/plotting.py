@@ -96,11 +96,22 @@ def image_rows(rows: Sequence[np.ndarray], path: str, *, row_labels: Sequence[st
   """Rows of images in [0, 1] (each row `[K, H, W, C]`), drawn on a fixed 0..1 scale so
   that samples, inputs and reconstructions compare; labels on the left and on top."""
   num_rows, columns = len(rows), max(len(r) for r in rows)
-  label_width = 0.9 if any(row_labels) else 0.0
-  fig, axes = plt.subplots(
-      num_rows, columns, squeeze=False,
-      # At least 4 inches wide, so that the title fits above a narrow grid.
-      figsize=(max(cell_inches * columns + label_width, 4.0), cell_inches * num_rows + 0.5))
+  # About 0.06 inch per character of the 8-point row labels.
+  label_width = 0.15 + 0.06 * max(map(len, row_labels)) if any(row_labels) else 0.0
+  # Square cells `side` inches wide, `gap` apart (touching images must part), laid out
+  # by hand: at least 4 inches wide so that the title fits, the grid centred; the top
+  # 0.45 inch is the title's (0.2 more for column labels).
+  gap = 0.07
+  side = cell_inches - gap
+  grid_width, grid_height = (n * side + (n - 1) * gap for n in (columns, num_rows))
+  top_space = 0.45 + (0.2 if column_labels else 0.0)
+  width = max(label_width + grid_width + 0.1, 4.0)
+  height = grid_height + top_space + 0.1
+  fig, axes = plt.subplots(num_rows, columns, squeeze=False, figsize=(width, height))
+  left = label_width + (width - label_width - grid_width) / 2
+  fig.subplots_adjust(left=left / width, right=(left + grid_width) / width,
+                      bottom=0.1 / height, top=1 - top_space / height,
+                      wspace=gap / side, hspace=gap / side)
   for r, row in enumerate(rows):
     for c, ax in enumerate(axes[r]):
       ax.set_xticks([])
@@ -118,10 +129,7 @@ def image_rows(rows: Sequence[np.ndarray], path: str, *, row_labels: Sequence[st
         ax.set_title(column_labels[c], fontsize=7)
     if r < len(row_labels):
       axes[r][0].set_ylabel(row_labels[r], fontsize=8, rotation=0, ha='right', va='center')
-  height = fig.get_size_inches()[1]
   if title:
-    fig.suptitle(title, fontsize=9)
-  # The top 0.4 inch is the title's, so that it never covers the first row.
-  fig.tight_layout(pad=0.3, h_pad=0.1, w_pad=0.1, rect=(0, 0, 1, 1 - 0.4 / height))
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va='top')
   fig.savefig(path, dpi=100)
   plt.close(fig)

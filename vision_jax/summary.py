@@ -7,23 +7,28 @@ r"""A per-layer table of an experiment's model: output shapes, parameters and FL
 Nothing is computed: shapes come from `jax.eval_shape` and FLOPs from XLA's cost
 analysis of each module's lowered forward pass, so no dataset, accelerator or
 checkpoint is needed. The input is one example of shape `config.data.input_shape`
-(the shape after preprocessing, which the experiment configs state) and the head has
-`config.data.num_classes` outputs. FLOPs count a multiply-add as two, per example, in
+(the shape after preprocessing, which the experiment configs state), the classes are
+`config.data.num_classes`, and the model is the one the experiment's method builds,
+initialised with that method's inputs (a GAN's two players, a U-Net with its timestep
+and label). FLOPs count a multiply-add as two, per example, in
 eval mode; XLA leaves out the taps of a convolution that fall on its zero padding, so
 ResNet-50 counts 7.95 GFLOPs rather than the usual 2 x 4.1 G. The last line is
 `total params: N`.
 """
 
+import copy
 import dataclasses
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vision_jax import config_lib, models
+from vision_jax import config_lib
+from vision_jax.data import pipeline
+from vision_jax.methods import get_method_class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +41,11 @@ class Layer:
   flops: int | None
 
 
-def build_model(config: ml_collections.ConfigDict) -> tuple[nn.Module, tuple[int, ...]]:
-  """The experiment's model and its per-example input shape, read from the config alone."""
+def build_model(config: ml_collections.ConfigDict
+                ) -> tuple[nn.Module, tuple[int, ...], Callable[[jax.Array], dict]]:
+  """The experiment's model, its per-example input shape, and `init(x)`: the model's
+  variables for a batch of images x, initialised as the experiment's method does it
+  (with the method's other inputs: labels, a timestep). Read from the config alone."""
   data = config.data
   missing = [f'data.{f}' for f in ('input_shape', 'num_classes') if data.get(f) is None]
   if missing:
@@ -46,10 +54,20 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[nn.Module, tuple[int
         'preprocessed example and the class count, e.g. (224, 224, 3) and 1000')
   # Flax's own layers whatever `model.cpu_kernels` says: the kernels have the same
   # parameters and shapes, and XLA cannot count FLOPs inside their custom calls.
-  model = models.get_model(config.model, num_classes=data.num_classes,
-                           dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
-                           cpu_kernels=False)
-  return model, tuple(data.input_shape)
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model.cpu_kernels = False
+  info = pipeline.DatasetInfo(name=data.get('name', ''), num_examples={},
+                              num_classes=data.num_classes, class_names=None)
+  method = get_method_class(config.method)(config, info, total_steps=1, steps_per_epoch=1)
+  model = getattr(method, 'model', None)
+  if not isinstance(model, nn.Module):
+    raise config_lib.ConfigError(f'method {config.method!r} has no Flax model to summarise')
+
+  def init(x):
+    labels = jnp.zeros(x.shape[:1], jnp.int32)
+    return method.init_variables(jax.random.key(0), {'image': x, 'label': labels})
+  return model, tuple(data.input_shape), init
 
 
 def _subtree(variables: dict, path: tuple[str, ...]) -> dict:
@@ -72,14 +90,19 @@ def _flops(fn, *args) -> int:
   return int(cost.get('flops', 0)) if cost else 0
 
 
-def layers(model: nn.Module, input_shape: Sequence[int], *,
+def layers(model: nn.Module, input_shape: Sequence[int],
+           init: Callable[[jax.Array], dict] | None = None, *,
            flops: bool = True, max_depth: int | None = None
            ) -> tuple[list[Layer], int | None]:
   """Every module call of `model` on one example, in call order, and the model's FLOPs.
 
-  A row counts the parameters of its module and all its submodules. Rows deeper than
-  `max_depth` (the top-level model is depth 0) are left out.
+  `init(x)` initialises the model's variables (`build_model`'s; default
+  `model.init(key, x, train=False)`). A row counts the parameters of its module and
+  all its submodules. Rows deeper than `max_depth` (the top-level model is depth 0)
+  are left out.
   """
+  if init is None:
+    init = lambda x: model.init(jax.random.key(0), x, train=False)  # noqa: E731
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   calls = []
 
@@ -94,11 +117,11 @@ def layers(model: nn.Module, input_shape: Sequence[int], *,
                     jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), out))
     return out
 
-  def init(x):
+  def recorded_init(x):
     with nn.intercept_methods(record):
-      return model.init(jax.random.key(0), x, train=False)
+      return init(x)
 
-  variables = jax.eval_shape(init, x)
+  variables = jax.eval_shape(recorded_init, x)
   # Abstract arguments of each call; an argument that is not an array (a flag) stays.
   as_abstract = lambda a: (jax.ShapeDtypeStruct(a.shape, a.dtype)
                            if isinstance(a, jax.Array) else a)
@@ -151,8 +174,8 @@ def format_table(rows: list[Layer], total_params: int, total_flops: int | None) 
 def summarize(config: ml_collections.ConfigDict, *, flops: bool = True,
               max_depth: int | None = None) -> str:
   """The table for `config.model`, ending with `total params: N`."""
-  model, input_shape = build_model(config)
-  rows, total_flops = layers(model, input_shape, flops=flops, max_depth=max_depth)
+  model, input_shape, init = build_model(config)
+  rows, total_flops = layers(model, input_shape, init, flops=flops, max_depth=max_depth)
   total_params = rows[0].params  # The top-level row holds every parameter.
   header = (f'{type(model).__module__}.{type(model).__name__} on inputs of shape '
             f'(batch, {", ".join(map(str, input_shape))})')

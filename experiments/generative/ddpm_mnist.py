@@ -37,9 +37,8 @@ per level, attention at 7x7; 281k parameters), batch 32, 1,500 steps at lr 1e-3,
 guidance 1, sample_label_accuracy 0.675, sample_class_entropy 0.994 (balanced), classifier
 FID 30.5 (floor 8.4, the test images'), precision 0.36, recall 0.96. The digits are
 recognisable and of the asked class about two times in three, some with speckle noise
-left. It took 15.6 minutes of wall clock, of which 640 s of CPU time, on 2 CPU cores
-shared with three other jobs (a load of 5 to 7); on 2 cores of its own, about 7 minutes
-(an estimate from the CPU time, not measured).
+left. It took 8.7 minutes of wall clock (11.9 CPU minutes) on 2 CPU cores, 1 device,
+with small tests of another job beside it (load up to 2).
 
 `:local` is a seconds-long smoke run on the digits with a tiny U-Net.
 """

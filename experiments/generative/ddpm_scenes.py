@@ -21,10 +21,9 @@ preprocessing (e.g. `experiments/classification/cnn_digits.py
 Measured (the command above): test simple_loss 0.0324. The samples are objects of one
 colour on textured backgrounds like the data's, but with this budget neither the colour
 nor the shape reliably follows the label: a longer run (or a wider U-Net) is needed for
-that. It took 17.5 minutes of wall clock, 804 s of CPU time, on 2 CPU cores shared with
-three other jobs (a load of about 7); on 2 cores of its own, about 8 minutes (an
-estimate from the CPU time, not measured). Preparing `scenes/single` once takes about
-40 s more.
+that. It took 11.5 minutes of wall clock (14.4 CPU minutes) on 2 CPU cores, 1
+device, with small tests of another job beside it near the end (load up to 1.9).
+Preparing `scenes/single` once takes about 40 s more.
 
 `:local` is a seconds-long smoke run with a tiny U-Net.
 """

@@ -18,22 +18,23 @@ FID classifier is a classification run on the same data and preprocessing, e.g.
 `experiments/classification/cnn_mnist.py` (on the digits:
 `--config.data.name=digits --config.total_epochs=30`, 99.4% test accuracy).
 
-Measured on the embedded digits (2 CPU cores shared with three other training jobs,
-load average about 7; one device), scored by that digits classifier against the 1,437
-training images (1,000 samples; the 360 test images score `fid_classifier_floor` 8.4):
+Measured on the embedded digits (2 CPU cores, one device), scored by that digits
+classifier against the 1,437 training images (1,000 samples; the 360 test images score
+`fid_classifier_floor` 8.4):
 
   run            wall time  fid_classifier  precision  recall  class entropy  label acc.
-  unconditional  11:42      69.0            0.38       0.79    0.968          -
-  :conditional   10:43      22.4            0.92       0.36    1.000          0.998
+  unconditional  2:30       71.0            0.38       0.79    0.966          -
+  :conditional   2:31       22.7            0.89       0.38    1.000          0.998
 
 (wall time including the evaluations at steps 1,000 and 2,000). The unconditional
 samples are blurry digit shapes, many of them readable (0, 3, 5, 6 and 9 most clearly),
-of every class (the classifier puts 6% to 17% of them in each). The conditional ones are
-clean digits of the class asked for, in exactly balanced proportions, but less varied
-than the data (recall 0.36). Over training D's probabilities stay away from 0 and 1
-(train `d_real` 0.75 to 0.85 after the first 200 steps, `d_fake` 0.15 to 0.25,
-`d_loss` 0.34 to 0.75); a `d_loss` that falls towards 0 would be D winning, the failure
-to watch for. Not measured on MNIST itself (no copy of it here).
+of every class (the classifier's class histogram of them has a normalised entropy of
+0.966; 1 is uniform). The conditional ones are clean digits of the class asked for, in
+exactly balanced proportions, but less varied than the data (recall 0.38). Over
+training D's probabilities stay away from 0 and 1 (unconditional: train `d_real` 0.75
+to 0.85 after the first 200 steps, `d_fake` 0.15 to 0.26, `d_loss` 0.34 to 0.65); a
+`d_loss` that falls towards 0 would be D winning, the failure to watch for. Not
+measured on MNIST itself (no copy of it here).
 
 `:local` is a seconds-long smoke run on the embedded `digits` with tiny players.
 """

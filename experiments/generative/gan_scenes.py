@@ -17,14 +17,14 @@ classifier can be `experiments/classification/cnn_digits.py` trained on the same
 `--config.data.name=scenes/single --config.total_epochs=3` reaches 51% test accuracy
 (it tells colours apart perfectly, shapes half the time).
 
-Measured (2 CPU cores shared with other training jobs, one device): 10:21 wall time,
-training and the final evaluation, with that classifier: `fid_classifier` 23.7 (floor
-1.1 for the 2,000 test images against the 20,000 training ones), precision 0.65, recall
-0.60, `sample_class_entropy` 0.90. The samples are blobs of the asked colour on
-plausible backgrounds: the classifier gives 85% of them the asked colour (100% on test
-images), but only 24% the asked shape (chance: 20%; 50% on test images), i.e. shapes
-are not yet drawn at this length and width. Train `d_real` 0.73 to 0.86 and `d_fake`
-0.13 to 0.27 from step 500 on; `d_loss` never approached 0.
+Measured (2 CPU cores, one device): 3:25 wall time, training and the final evaluation,
+with that classifier: `fid_classifier` 28.3 (floor 1.1 for the 2,000 test images
+against the 20,000 training ones), precision 0.64, recall 0.58, `sample_class_entropy`
+0.91. The samples are blobs of the asked colour on plausible backgrounds: the
+classifier gives 79% of them the asked colour (100% on test images), but only 24% the
+asked shape (chance: 20%; 50% on test images), i.e. shapes are not yet drawn at this
+length and width. Train `d_real` 0.76 to 0.86 and `d_fake` 0.13 to 0.24 from step 500
+on; `d_loss` never approached 0.
 
 `:local` is a seconds-long smoke run with tiny players (it prepares `scenes/single`).
 """

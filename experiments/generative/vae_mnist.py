@@ -22,12 +22,12 @@ where MNIST is not prepared.
 
 On the embedded `digits` (1,437 train / 360 test images, 8x8 upsampled to 28x28 and
 binarised; used automatically where `mnist` is not prepared, `data.fallback`), the
-same command's 100 epochs are 1,100 steps and reach a test negative ELBO of 97.6
-nats (reconstruction 59.7 + KL 37.9) and an IWAE bound (k = 1000) of 76.8 nats,
-against a training negative ELBO of 65.9 over the last 100 steps: 1,437 images are
-too few for this model, which overfits. That took 87 minutes (56 CPU minutes) on 1
-device of a 2-core CPU shared with other jobs, the k = 1000 evaluation of the 360
-test images 4.5 minutes of it.
+same command's 100 epochs are 1,100 steps and reach a test negative ELBO of 98.0
+nats (reconstruction 60.3 + KL 37.6) and an IWAE bound (k = 1000) of 76.9 nats,
+against a training negative ELBO of 65.3 at the end: 1,437 images are too few for
+this model, which overfits. That took 7.6 minutes of wall time (9.2 CPU minutes) on 1
+device of an otherwise idle 2-core CPU, the k = 1000 evaluation of the 360 test
+images about 3.5 minutes of it.
 `mnist` itself is read from `--config.data.data_dir` (`tfds build mnist` where there
 is network).
 

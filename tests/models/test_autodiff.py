@@ -1,23 +1,28 @@
 """Every JAX transformation works through every model family, on its default layers.
 
-For a scalar function of the input (the softmax cross-entropy of the logits against
-a fixed target), in eval mode and in train mode (batch statistics; dropout with a fixed
-key), `jax.grad`, `jax.vmap` of a per-example `jax.grad`, `jax.jvp`, `jax.hessian`
-(over a few pixels), a Hessian-vector product and the gradient of a gradient penalty
-(||df/dx||^2, w.r.t. the parameters, as in WGAN-GP or R1) all run and agree with
-central finite differences, in float64 (`jax.enable_x64`, scoped to these tests).
-With `cpu_kernels=True` the models compute what they compute on Flax's layers.
+For a scalar function of the input (the softmax cross-entropy of the outputs, flattened
+per example, against a fixed target), in eval mode and in train mode (batch statistics;
+dropout with a fixed key), `jax.grad`, `jax.vmap` of a per-example `jax.grad`,
+`jax.jvp`, `jax.hessian` (over a few pixels), a Hessian-vector product and the gradient
+of a gradient penalty (||df/dx||^2, w.r.t. the parameters, as in WGAN-GP or R1) all run
+and agree with central finite differences, in float64 (`jax.enable_x64`, scoped to
+these tests). With `cpu_kernels=True` the models compute what they compute on Flax's
+layers.
 
-A new model family joins the contract with one line: its tiny variant in `VARIANTS`
-(the `config.model` fields that build it and the input shape). Keep it tiny (what
-costs is compiling its second derivatives), with some widths of 16, the CPU
-kernels' vector width, so that the drop-in check runs them, and maps in the last
-stage that leave the batch statistics more than two or three numbers to average.
+A new model family joins the contract with one entry: its tiny variant in `VARIANTS`
+(the `config.model` fields that build it, the input shape and, for a model that is
+not a classifier of images, its entry point and conditioning inputs); a test fails
+while a family has none. Keep it tiny (what costs is compiling its second
+derivatives), with some widths of 16, the CPU kernels' vector width, so that the
+drop-in check runs them, and maps in the last stage that leave the batch statistics
+more than two or three numbers to average.
 """
 
 import dataclasses
 import functools
-from typing import Any
+import importlib
+import pkgutil
+from typing import Any, Callable
 
 import chex
 import jax
@@ -26,6 +31,7 @@ import numpy as np
 import pytest
 
 from vision_jax import models
+from vision_jax.models import dcgan
 
 # Tiny networks run in milliseconds; XLA's optimising compile is what costs.
 jit = functools.partial(jax.jit, compiler_options={
@@ -34,10 +40,33 @@ jit = functools.partial(jax.jit, compiler_options={
 })
 
 
+def _same_for_every_example(value):
+  """Conditioning inputs of a batch from its size, equal for every example (so that a
+  batch of one is an example under vmap)."""
+  return lambda x: (jnp.full(x.shape[0], value, jnp.int32),)
+
+
+def _vae_sample(module, x, *, train=False):
+  """The VAE's training path: encode, reparameterise with fixed noise, decode."""
+  del train
+  mean, log_variance = module.encode(x)
+  noise = jnp.cos(jnp.arange(mean.shape[-1], dtype=mean.dtype))
+  return module.decode(mean + jnp.exp(0.5 * log_variance) * noise)
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
   model: dict[str, Any]  # the config.model fields that build it
-  input_shape: tuple[int, int, int, int]  # (batch, height, width, channels)
+  input_shape: tuple[int, ...]  # (batch, ...) of the differentiated input
+  extra_args: Callable[[jax.Array], tuple] = lambda x: ()  # conditioning inputs
+  method: Any = None  # the entry point, a method name or function; None: __call__
+  to_logits: Callable[[jax.Array], jax.Array] = lambda out: out  # outputs -> [N, ...]
+  # Scales the initial parameters: DCGAN's N(0, 0.02) weights make derivatives too small
+  # for finite differences to check.
+  params_scale: float = 1.0
+  # False where training mode computes the same function (no batch statistics, no
+  # dropout): its cases would repeat the eval ones.
+  train_mode: bool = True
 
 
 VARIANTS = {
@@ -49,9 +78,27 @@ VARIANTS = {
                         (4, 32, 32, 3)),
     'cifar_resnet8': Variant(dict(name='cifar_resnet', depth=8, num_filters=16,
                                   num_classes=5), (3, 8, 8, 3)),
+    'vae': Variant(dict(name='autoencoder', image_shape=(8, 8, 1), features=(4, 8),
+                        latent_dim=3, dense_features=(16,), variational=True),
+                   (2, 8, 8, 1), method=_vae_sample, train_mode=False),
+    'dcgan_generator': Variant({**dcgan.TINY, 'image_shape': (8, 8, 1), 'num_classes': 4},
+                               (3, dcgan.TINY['latent_dim']), _same_for_every_example(2),
+                               method='generate', params_scale=3.0),
+    # D's logit l as a two-class classifier: softmax([l, -l]) = (sigmoid(2l), ...).
+    'dcgan_discriminator': Variant(
+        {**dcgan.TINY, 'image_shape': (8, 8, 1), 'num_classes': 4}, (3, 8, 8, 1),
+        _same_for_every_example(2), method='discriminate',
+        to_logits=lambda logits: jnp.stack([logits, -logits], axis=-1), params_scale=3.0),
+    # Every kind of block (residual, attention, down, up) once: compiling is what costs.
+    # Dropout, its only training-mode difference, is the CNN's case above.
+    'unet': Variant(dict(name='unet', channels=8, channel_multipliers=(1, 2),
+                         num_res_blocks=0, attention_resolutions=(2,), num_classes=3),
+                    (2, 4, 4, 1), lambda x: (jnp.full(x.shape[0], 437),
+                                             jnp.full(x.shape[0], 1)), train_mode=False),
 }
 MODES = [pytest.param(name, train, id=f'{name}-{"train" if train else "eval"}')
-         for name in VARIANTS for train in (False, True)]
+         for name, variant in VARIANTS.items()
+         for train in ((False, True) if variant.train_mode else (False,))]
 EPS = 1e-6  # central differences in float64: O(EPS^2) error, no ReLU kink crossed
 
 
@@ -64,25 +111,33 @@ def build(name: str, dtype=jnp.float64, **overrides):
   variant = VARIANTS[name]
   model = models.get_model(variant.model, dtype=dtype, **overrides)
   x = random(variant.input_shape, 0, dtype)
-  variables = jit(model.init)(jax.random.key(0), x)
+  variables = jit(functools.partial(model.init, method=variant.method))(
+      jax.random.key(0), x, *variant.extra_args(x))
   # Parameters away from their initial values (BatchNorm scales of one, biases of
   # zero), so that no term of the derivatives vanishes by symmetry.
   params = jax.tree.map(
-      lambda p: (p * (1 + 0.1 * random(p.shape, p.size, dtype))
+      lambda p: (variant.params_scale * p * (1 + 0.1 * random(p.shape, p.size, dtype))
                  + 0.01 * random(p.shape, 1, dtype)
                  ).astype(dtype), variables['params'])
   return model, {**variables, 'params': params}, x
 
 
-def loss_fn(model, variables, train: bool):
+def forward(variant: Variant, model, variables, x, train: bool):
+  """The variant's outputs [N, K] (flattened per example) and its updated state."""
+  apply = functools.partial(model.apply, variables, x, *variant.extra_args(x),
+                            method=variant.method, train=train)
+  if train:
+    out, state = apply(mutable=['batch_stats'], rngs={'dropout': jax.random.key(1)})
+  else:
+    out, state = apply(), {}
+  logits = variant.to_logits(out)
+  return logits.reshape(logits.shape[0], -1), state
+
+
+def loss_fn(model, variables, train: bool, variant: Variant):
   """f(params, x): the mean softmax cross-entropy against a fixed target."""
   def f(params, x):
-    v = {**variables, 'params': params}
-    if train:
-      logits, _ = model.apply(v, x, train=True, mutable=['batch_stats'],
-                              rngs={'dropout': jax.random.key(1)})
-    else:
-      logits = model.apply(v, x)
+    logits, _ = forward(variant, model, {**variables, 'params': params}, x, train)
     # The same soft target for every example, so that a batch of one is an example.
     target = jax.nn.softmax(jnp.arange(logits.shape[-1], dtype=logits.dtype))
     return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits), axis=-1))
@@ -104,7 +159,7 @@ class Case:
 def case(name: str, train: bool) -> Case:
   with jax.enable_x64(True):
     model, variables, x = build(name)
-    f = loss_fn(model, variables, train)
+    f = loss_fn(model, variables, train, VARIANTS[name])
     return Case(variables['params'], x, f, jit(f), jit(jax.grad(f, argnums=1)))
 
 
@@ -204,28 +259,36 @@ def test_grad_of_a_gradient_penalty(name, train):
   assert_close(tree_vdot(grads, u), expected, rtol=1e-4)
 
 
-@pytest.mark.parametrize('name', VARIANTS)
+def _has_cpu_kernels(name: str) -> bool:
+  family = VARIANTS[name].model['name']
+  return hasattr(importlib.import_module(f'vision_jax.models.{family}'), 'cpu_kernel_layers')
+
+
+def test_every_model_family_is_in_the_contract():
+  families = {m.name for m in pkgutil.iter_modules(models.__path__)}
+  assert families - {v.model['name'] for v in VARIANTS.values()} == set()
+
+
+@pytest.mark.parametrize('name', [name for name in VARIANTS if _has_cpu_kernels(name)])
 def test_cpu_kernels_compute_what_flax_layers_compute(name):
   from vision_jax.kernels import library  # pylint: disable=g-import-not-at-top
   if jax.default_backend() != 'cpu' or not library.enabled():
     pytest.skip('the CPU kernels are not available here (no C++ compiler?)')
+  variant = VARIANTS[name]
   model, variables, x = build(name, dtype=jnp.float32)
-  kernel_model = models.get_model(VARIANTS[name].model, dtype=jnp.float32,
-                                  cpu_kernels=True)
+  kernel_model = models.get_model(variant.model, dtype=jnp.float32, cpu_kernels=True)
   assert kernel_model.conv is not model.conv
-  rngs = {'dropout': jax.random.key(1)}
   for train in (False, True):
-    def forward(model, variables, x, train=train):
-      return model.apply(variables, x, train=train, mutable=['batch_stats'], rngs=rngs)
-    apply_k = jit(functools.partial(forward, kernel_model))
+    apply_k = jit(functools.partial(forward, variant, kernel_model, train=train))
     lowered = apply_k.lower(variables, x).as_text()
     assert 'vision_jax_conv_forward' in lowered  # not vacuous: the kernels ran
-    logits, stats = jit(functools.partial(forward, model))(variables, x)
+    logits, stats = jit(functools.partial(forward, variant, model, train=train))(variables, x)
     logits_k, stats_k = apply_k(variables, x)
     assert_close(logits_k, logits, rtol=1e-4)
     chex.assert_trees_all_close(stats_k, stats, rtol=1e-4, atol=1e-5)
   # And their training gradients (reverse mode, which their custom_vjps provide).
-  f, f_k = loss_fn(model, variables, True), loss_fn(kernel_model, variables, True)
+  f = loss_fn(model, variables, True, variant)
+  f_k = loss_fn(kernel_model, variables, True, variant)
   grads = jit(jax.grad(f))(variables['params'], x)
   grads_k = jit(jax.grad(f_k))(variables['params'], x)
   for g_k, g in zip(jax.tree.leaves(grads_k), jax.tree.leaves(grads)):

@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax import layers
+
 ModuleDef = Any
 
 
@@ -88,7 +90,7 @@ class Decoder(nn.Module):
     dense_features: the encoder's hidden dense widths (run in reverse).
     dtype: compute dtype; parameters stay float32 and the output is float32.
     conv: the convolution layer.
-    conv_transpose: the transposed convolution layer.
+    conv_transpose: the transposed convolution layer (Flax's, by phases on a CPU).
   """
   features: Sequence[int]
   bottom_shape: tuple[int, int]
@@ -98,7 +100,7 @@ class Decoder(nn.Module):
   dense_features: Sequence[int] = ()
   dtype: Any = jnp.float32
   conv: ModuleDef = nn.Conv
-  conv_transpose: ModuleDef = nn.ConvTranspose
+  conv_transpose: ModuleDef = layers.ConvTranspose
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:

@@ -5,8 +5,8 @@ The architecture guidelines of the paper (section 3), as they appear here:
   * "Replace any pooling layers with strided convolutions (discriminator) and
     fractional-strided convolutions (generator)": D halves the resolution with
     stride-2 convolutions, G doubles it with stride-2 transposed convolutions
-    (`nn.ConvTranspose`, 4x4 kernels and 'SAME' padding, i.e. PyTorch's kernel 4,
-    stride 2, padding 1).
+    (4x4 kernels and 'SAME' padding, i.e. PyTorch's kernel 4, stride 2, padding 1;
+    `vision_jax.layers.ConvTranspose`, Flax's layer computed by phases on a CPU).
   * "Use batchnorm in both the generator and the discriminator", but not "to the
     generator output layer and the discriminator input layer": G normalises every
     layer but its last, D every layer but its first.
@@ -47,6 +47,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vision_jax import layers
 
 # Section 4 of the paper: weights from N(0, 0.02).
 weight_init = nn.initializers.normal(0.02)
@@ -113,13 +115,13 @@ class Generator(nn.Module):
     x = nn.relu(batch_norm(train, self.dtype, 'project_bn')(x))
     kernel = (self.kernel_size, self.kernel_size)
     for i, features in enumerate(self.features[1:]):
-      x = nn.ConvTranspose(features, kernel, strides=(2, 2), padding='SAME',
-                           use_bias=False, kernel_init=weight_init, dtype=self.dtype,
-                           name=f'up{i + 1}')(x)
+      x = layers.ConvTranspose(features, kernel, strides=(2, 2), padding='SAME',
+                                   use_bias=False, kernel_init=weight_init, dtype=self.dtype,
+                               name=f'up{i + 1}')(x)
       x = nn.relu(batch_norm(train, self.dtype, f'up{i + 1}_bn')(x))
-    x = nn.ConvTranspose(channels, kernel, strides=(2, 2), padding='SAME',
-                         kernel_init=weight_init, dtype=self.dtype,
-                         name=f'up{len(self.features)}')(x)
+    x = layers.ConvTranspose(channels, kernel, strides=(2, 2), padding='SAME',
+                             kernel_init=weight_init, dtype=self.dtype,
+                             name=f'up{len(self.features)}')(x)
     return jnp.tanh(x)
 
 
