@@ -179,7 +179,7 @@ def evaluator_config(**fields: Any) -> ml_collections.ConfigDict:
       batch_size=256,
       every_steps=placeholder(int),  # None: config.eval_every_steps; 0: only at the end.
       figures_every_steps=0,  # 0: figures only at the end.
-      pred='predict',  # The method's prediction function.
+      pred=placeholder(str),  # The method's prediction function; None: the type's default.
       keep_on_cpu=(),  # Fields kept on the host (strings, variable-length references).
       cache=True,
       skip_undecodable=False))

@@ -133,3 +133,39 @@ def image_rows(rows: Sequence[np.ndarray], path: str, *, row_labels: Sequence[st
     fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va='top')
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def embedding_scatter(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                      path: str, *, title: str = '', axis_labels: Sequence[str] = ()) -> None:
+  """2D points (a projection of features) coloured by class, with a legend of class
+  names beside the axes (up to 40 classes; more are coloured without names)."""
+  points, labels = np.asarray(points), np.asarray(labels)
+  num_classes = len(class_names)
+  if num_classes <= 10:
+    colors = plt.get_cmap('tab10').colors[:num_classes]
+  elif num_classes <= 20:
+    colors = plt.get_cmap('tab20').colors[:num_classes]
+  else:
+    colors = plt.get_cmap('turbo')(np.linspace(0.05, 0.95, num_classes))
+  with_legend = num_classes <= 40
+  legend_columns = 1 if num_classes <= 20 else 2
+  fig, ax = plt.subplots(figsize=(6.5 + (1.4 * legend_columns if with_legend else 0), 6))
+  size = float(np.clip(8000 / max(len(points), 1), 6, 40))
+  order = np.random.default_rng(0).permutation(len(points))  # No class drawn on top.
+  ax.scatter(points[order, 0], points[order, 1], s=size, c=np.asarray(colors)[labels[order]],
+             alpha=0.8, linewidths=0)
+  if with_legend:
+    handles = [plt.Line2D([], [], linestyle='', marker='o', markersize=7, color=colors[k],
+                          label=f'{class_names[k]} ({int(np.sum(labels == k))})')
+               for k in range(num_classes)]
+    ax.legend(handles=handles, loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8,
+              frameon=False, ncols=legend_columns, title='class (points)', title_fontsize=8)
+  if axis_labels:
+    ax.set_xlabel(axis_labels[0], fontsize=9)
+    ax.set_ylabel(axis_labels[1], fontsize=9)
+  ax.tick_params(labelsize=7)
+  if title:
+    ax.set_title(title, fontsize=9, wrap=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

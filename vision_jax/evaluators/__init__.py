@@ -4,9 +4,9 @@ An evaluator reads its own data (any dataset and split: `data.name`, `data.split
 `data.data_dir`; the training dataset by default) with its own `pp` and `batch_size`,
 as padded, masked batches (see `data.pipeline.eval_batches`), so every example counts
 exactly once whatever the batch size and device count. It calls the method's prediction
-function named by `pred` (big_vision's `pred`) on `method.eval_state(state)`, runs every
-`every_steps` (the experiment's `eval_every_steps` when unset) and at the end, and
-writes its figures into `workdir/<name>/` at the end and every `figures_every_steps`,
+function named by `pred` (big_vision's `pred`; unset, the type's own: 'predict' for
+most) on `method.eval_state(state)`, runs every `every_steps` (the experiment's
+`eval_every_steps` when unset) and at the end, and writes its figures into `workdir/<name>/` at the end and every `figures_every_steps`,
 so two evaluators never write the same file. Fields named in `keep_on_cpu` (strings,
 all the captions or boxes of an image) travel beside the device batch, on the host.
 """
@@ -49,6 +49,8 @@ class Evaluator:
     defaults = config_lib.evaluator_config()
     defaults.update(self.OPTIONS)
     self.config = config_lib.complete(config, defaults, f'evals.{name}')
+    if self.config.pred is None:  # The type's own default (a probe's is 'embed_image').
+      self.config.pred = self.OPTIONS.get('pred', 'predict')
     self.method = method
     self.name = name
     self.outdir = os.path.join(workdir, name)
