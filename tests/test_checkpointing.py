@@ -119,6 +119,26 @@ def test_one_subtree_and_a_renamed_subtree(source, fresh):
   chex.assert_trees_all_equal(result.params, initial.params)
 
 
+def test_a_backbone_into_a_model_with_a_new_head(source, fresh):
+  """'params/backbone:params' with the head excluded: a pretrained encoder under a new
+  classifier; the head keeps its initial values."""
+  state, sharding = fresh
+  wider = state.replace(params={**state.params['backbone'], 'head': state.params['head']})
+  wider_sharding = sharding.replace(
+      params={**sharding.params['backbone'], 'head': sharding.params['head']})
+  config = init_from(source, subtrees=('params/backbone:params',), exclude=('params/head',))
+  result = checkpointing.initialize_from(config, wider, wider_sharding)
+  saved, initial = make_state(2), make_state(7)
+  chex.assert_trees_all_equal(result.params['conv'], saved.params['backbone']['conv'])
+  chex.assert_trees_all_equal(result.params['head'], initial.params['head'])
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"only in the state \['head/bias', 'head/kernel'\]"):
+    checkpointing.initialize_from(init_from(source, subtrees=('params/backbone:params',)),
+                                  wider, wider_sharding)
+  with pytest.raises(checkpointing.CheckpointError, match='no subtree .params/neck.'):
+    checkpointing.initialize_from(init_from(source, exclude=('params/neck',)), state, sharding)
+
+
 def test_unset_path_returns_the_state_itself(fresh):
   state, sharding = fresh
   assert checkpointing.initialize_from(init_from(None), state, sharding) is state

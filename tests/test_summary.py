@@ -75,3 +75,16 @@ def test_generative_models_as_their_methods_build_them(spec):
     assert by_name['encoder'].output_shape == (1, 2 * config.model.latent_dim)
     assert by_name['decoder'].output_shape == (1, 28, 28, 1)
   assert by_name[''].params == sum(r.params for r in rows if len(r.path) == 1)
+
+
+def test_simclr_counts_the_encoder_and_its_projection_head():
+  """SimCLR's CIFAR-10 ResNet-18 (3x3 stem, headless: torchvision's 11,181,642 for 10
+  classes, less the 7x7 stem's extra weights and the head) and its 512-128 projection."""
+  config = config_lib.load_config(os.path.join(REPO, 'experiments/self_supervised',
+                                               'simclr_cifar10.py'))
+  model, input_shape, init = summary.build_model(config)
+  rows, _ = summary.layers(model, input_shape, init, flops=False, max_depth=1)
+  by_name = {'/'.join(r.path): r for r in rows}
+  assert by_name['encoder'].params == 11_181_642 - 64 * 3 * 40 - (512 * 10 + 10)
+  assert by_name['head'].params == 512 * 512 + 2 * 512 + 512 * 128 + 128
+  assert by_name['head'].output_shape == (1, 128)

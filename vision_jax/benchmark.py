@@ -7,7 +7,8 @@ r"""Times the trainer's compiled training step on synthetic batches.
 
 The step is the one `vision_jax.train` runs (`train.make_train_step`: the same jitted,
 sharded, state-donating update over every device), fed a random batch of the config's
-`data.input_shape` and `data.num_classes`, so no dataset is needed. After `--warmup`
+`data.input_shape` and `data.num_classes` (an image in each of the method's
+`TRAIN_IMAGE_KEYS`: SimCLR's two views), so no dataset is needed. After `--warmup`
 steps, each of `--steps` steps is timed on its own and the median is reported as
 ms/step and examples/s, with the compile time and the FLOP/s achieved by the step's
 XLA-counted FLOPs (multiply-add = 2; always counted on the step built with Flax's own
@@ -117,8 +118,9 @@ def jax_step(config, count_flops: bool = True
   batch_size = config.batch_size
   shape = (batch_size, *config.data.input_shape)
   rng = np.random.default_rng(config.seed)
-  local = {'image': rng.standard_normal(shape, np.float32),
-           'label': rng.integers(0, info.num_classes, batch_size, dtype=np.int32)}
+  image_keys = get_method_class(config.method).TRAIN_IMAGE_KEYS
+  local = {key: rng.standard_normal(shape, np.float32) for key in image_keys}
+  local['label'] = rng.integers(0, info.num_classes, batch_size, dtype=np.int32)
   batch = parallel.to_global(local, mesh)
   init, lowered = _lowered_step(config, mesh, batch)
   start = time.perf_counter()

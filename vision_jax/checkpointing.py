@@ -303,6 +303,12 @@ def _checkpoint_item(path: str, step: int | None) -> str:
   return item
 
 
+def _as_paths(paths: Any) -> list[str]:
+  if isinstance(paths, str):
+    paths = (paths,)
+  return [str(p).strip('/') for p in paths or ()]
+
+
 def _subtree_pairs(subtrees: Any) -> list[tuple[str, str]]:
   if isinstance(subtrees, str):
     subtrees = (subtrees,)
@@ -327,7 +333,10 @@ def initialize_from(init_from: ml_collections.ConfigDict, state: Any,
   one of its checkpoint folders `<workdir>/checkpoints/<step>`, or that folder's
   `default/`. Each of `init_from.subtrees` is a '/'-separated path into the state
   ('params', 'model_state/batch_stats/backbone'), copied to the same path, or a
-  'source:target' pair ('params/encoder:params/backbone'). Only those arrays are read,
+  'source:target' pair ('params/encoder:params/backbone'). The paths of
+  `init_from.exclude` ('params/head': a new classifier on a pretrained encoder) keep
+  their initial values, and no target leaf may be left without a source leaf but
+  those. Only those arrays are read,
   straight into the shardings of `state_sharding`; the rest of `state` (the optimizer
   state, the step, other params) is returned as it came. Returns `state` itself when
   `init_from.path` is unset. Raises `CheckpointError` naming the path, subtree or leaf
@@ -342,11 +351,21 @@ def initialize_from(init_from: ml_collections.ConfigDict, state: Any,
   state_tree = flax.serialization.to_state_dict(state)
   state_flat, sharding_flat = _flat(state), _flat(state_sharding)
 
+  excluded = []
+  for path in _as_paths(init_from.get('exclude', ())):
+    _find(state_tree, path, 'this experiment\'s state (init_from.exclude)')
+    excluded.append(path)
+
+  def kept(relative_paths, target):
+    return {r: leaf for r, leaf in relative_paths.items()
+            if not any(_join(target, r) == e or _join(target, r).startswith(e + '/')
+                       for e in excluded)}
+
   targets = {}  # Checkpoint leaf path -> (state leaf path, restore target).
   for source, target in _subtree_pairs(init_from.get('subtrees', ('params', 'model_state'))):
     _find(saved, source, f'the checkpoint {item}')
     _find(state_tree, target, 'this experiment\'s state')
-    from_checkpoint, into_state = _under(saved_flat, source), _under(state_flat, target)
+    from_checkpoint, into_state = _under(saved_flat, source), kept(_under(state_flat, target), target)
     if set(from_checkpoint) != set(into_state):
       only_saved = sorted(set(from_checkpoint) - set(into_state))[:3]
       only_state = sorted(set(into_state) - set(from_checkpoint))[:3]

@@ -254,9 +254,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Start from another run's weights (unless this workdir has a checkpoint): `path` is
   # its workdir or a checkpoint folder, `step` None for its latest, `subtrees` the
-  # '/'-separated state paths to copy ('params/backbone'), or 'source:target' pairs.
+  # '/'-separated state paths to copy ('params/backbone'), or 'source:target' pairs;
+  # `exclude` the state paths under them that keep their initial values ('params/head').
   config.init_from = ml_collections.ConfigDict(dict(
-      path=placeholder(str), step=placeholder(int), subtrees=('params', 'model_state')))
+      path=placeholder(str), step=placeholder(int), subtrees=('params', 'model_state'),
+      exclude=()))
 
   config.optimizer = optimizer_config()
   config.lr = 0.1

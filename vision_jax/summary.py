@@ -66,7 +66,8 @@ def build_model(config: ml_collections.ConfigDict
 
   def init(x):
     labels = jnp.zeros(x.shape[:1], jnp.int32)
-    return method.init_variables(jax.random.key(0), {'image': x, 'label': labels})
+    images = {key: x for key in ('image', *method.TRAIN_IMAGE_KEYS)}
+    return method.init_variables(jax.random.key(0), {**images, 'label': labels})
   return model, tuple(data.input_shape), init
 
 

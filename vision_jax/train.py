@@ -149,16 +149,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_iter = itertools.chain([first_batch], train_iter)
   abstract_batch = _abstract_batch(first_batch, config.batch_size)
 
-  # Evaluators, by name: metrics are written as `<name>/<metric>`, files to `<name>/`.
-  evals = {name: evaluators.get_evaluator(method, eval_config, name=name, workdir=workdir,
-                                          mesh=mesh, train_data=data)
-           for name, eval_config in config.evals.items()}
-  eval_key = jax.random.fold_in(jax.random.key(config.seed), EVAL_SALT)
-
   # Sharded state, created abstractly first so that no host copy is ever made, and the
   # update step: compiled once, the state donated, randomness fold_in(key, step).
   abstract_state, state_sharding, init, train_step = make_train_step(
       method, abstract_batch, mesh, config.seed)
+
+  # Evaluators, by name: metrics are written as `<name>/<metric>`, files to `<name>/`.
+  evals = {name: evaluators.get_evaluator(method, eval_config, name=name, workdir=workdir,
+                                          mesh=mesh, train_data=data, initial_state=init)
+           for name, eval_config in config.evals.items()}
+  eval_key = jax.random.fold_in(jax.random.key(config.seed), EVAL_SALT)
 
   # Resume from this run's latest checkpoint, else start from `init_from`'s weights
   # (checked before anything is written), else from scratch.

@@ -10,8 +10,9 @@ these tests). With `cpu_kernels=True` the models compute what they compute on Fl
 layers.
 
 A new model family joins the contract with one entry: its tiny variant in `VARIANTS`
-(the `config.model` fields that build it, the input shape and, for a model that is
-not a classifier of images, its entry point and conditioning inputs); a test fails
+(the `config.model` fields that build it, or for a module that a method composes from
+others, a function of the dtype that builds it; the input shape and, for a model that
+is not a classifier of images, its entry point and conditioning inputs); a test fails
 while a family has none. Keep it tiny (what costs is compiling its second
 derivatives), with some widths of 16, the CPU kernels' vector width, so that the
 drop-in check runs them, and maps in the last stage that leave the batch statistics
@@ -31,7 +32,7 @@ import numpy as np
 import pytest
 
 from vision_jax import models
-from vision_jax.models import dcgan
+from vision_jax.models import cnn, cpc, dcgan, self_supervised
 
 # Tiny networks run in milliseconds; XLA's optimising compile is what costs.
 jit = functools.partial(jax.jit, compiler_options={
@@ -56,7 +57,9 @@ def _vae_sample(module, x, *, train=False):
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  model: dict[str, Any]  # the config.model fields that build it
+  # The config.model fields that build it, or (family, dtype -> module) for a module
+  # that a method composes around an encoder.
+  model: dict[str, Any] | tuple[str, Callable[[Any], Any]]
   input_shape: tuple[int, ...]  # (batch, ...) of the differentiated input
   extra_args: Callable[[jax.Array], tuple] = lambda x: ()  # conditioning inputs
   method: Any = None  # the entry point, a method name or function; None: __call__
@@ -67,6 +70,21 @@ class Variant:
   # False where training mode computes the same function (no batch statistics, no
   # dropout): its cases would repeat the eval ones.
   train_mode: bool = True
+
+  @property
+  def family(self) -> str:
+    return self.model[0] if isinstance(self.model, tuple) else self.model['name']
+
+  def build(self, dtype, **overrides):
+    if isinstance(self.model, tuple):
+      return self.model[1](dtype)
+    return models.get_model(self.model, dtype=dtype, **overrides)
+
+
+def _tiny_cnn(dtype, use_batchnorm=False):
+  """A headless CNN encoder for the modules built around one."""
+  return cnn.Model(features=(16,), dense_features=(16,), use_batchnorm=use_batchnorm,
+                   num_classes=None, dtype=dtype)
 
 
 VARIANTS = {
@@ -95,6 +113,20 @@ VARIANTS = {
                          num_res_blocks=0, attention_resolutions=(2,), num_classes=3),
                     (2, 4, 4, 1), lambda x: (jnp.full(x.shape[0], 437),
                                              jnp.full(x.shape[0], 1)), train_mode=False),
+    # SimCLR's encoder and projection head (with BatchNorm in both): z = g(f(x)).
+    'simclr': Variant(('self_supervised', lambda dtype: self_supervised.EncoderWithHead(
+        encoder=_tiny_cnn(dtype, use_batchnorm=True),
+        head=self_supervised.ProjectionHead(features=8, use_batchnorm=True, dtype=dtype))),
+        (3, 8, 8, 1), to_logits=lambda out: out[1]),
+    # CPC on a 2x2 grid: z and the predictions, so the encoder, the context network and
+    # W_1 all count.
+    'cpc': Variant(('cpc', lambda dtype: cpc.CPC(
+        encoder=_tiny_cnn(dtype), patch_size=8, patch_stride=4, context_features=16,
+        context_layers=1, kernel_size=3, prediction_steps=1, dtype=dtype)),
+        (2, 12, 12, 1), to_logits=lambda out: jnp.concatenate(
+            [out[0].reshape(out[0].shape[0], -1),
+             jnp.swapaxes(out[1], 0, 1).reshape(out[1].shape[1], -1)], axis=-1),
+        train_mode=False),
 }
 MODES = [pytest.param(name, train, id=f'{name}-{"train" if train else "eval"}')
          for name, variant in VARIANTS.items()
@@ -109,7 +141,7 @@ def random(shape, seed, dtype=jnp.float64):
 def build(name: str, dtype=jnp.float64, **overrides):
   """The variant's model, variables and input, in `dtype`."""
   variant = VARIANTS[name]
-  model = models.get_model(variant.model, dtype=dtype, **overrides)
+  model = variant.build(dtype, **overrides)
   x = random(variant.input_shape, 0, dtype)
   variables = jit(functools.partial(model.init, method=variant.method))(
       jax.random.key(0), x, *variant.extra_args(x))
@@ -260,13 +292,13 @@ def test_grad_of_a_gradient_penalty(name, train):
 
 
 def _has_cpu_kernels(name: str) -> bool:
-  family = VARIANTS[name].model['name']
+  family = VARIANTS[name].family
   return hasattr(importlib.import_module(f'vision_jax.models.{family}'), 'cpu_kernel_layers')
 
 
 def test_every_model_family_is_in_the_contract():
   families = {m.name for m in pkgutil.iter_modules(models.__path__)}
-  assert families - {v.model['name'] for v in VARIANTS.values()} == set()
+  assert families - {v.family for v in VARIANTS.values()} == set()
 
 
 @pytest.mark.parametrize('name', [name for name in VARIANTS if _has_cpu_kernels(name)])

@@ -64,6 +64,20 @@ def test_imagenet_param_count_matches_torchvision(depth, torchvision_count):
   assert count_params(abstract_variables(model, 32)) == torchvision_count
 
 
+def test_cifar_stem_resnet18_is_simclrs():
+  """The 3x3 stem with stride 1 and no max pool (SimCLR's CIFAR-10 ResNet-18): the
+  torchvision count with conv1 3x3 instead of 7x7, and stages at 32, 16, 8, 4."""
+  model = resnet.Model(depth=18, num_classes=10, stem='cifar')
+  variables = abstract_variables(model, 32)
+  assert count_params(variables) == 11_181_642 - 64 * 3 * (7 * 7 - 3 * 3)  # = 11,173,962
+  maps = jax.eval_shape(functools.partial(model.apply, method='feature_maps'), variables,
+                        jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+  for stage, side in enumerate((32, 16, 8, 4)):
+    assert maps[f'stage{stage + 1}'].shape[1:3] == (side, side)
+  with pytest.raises(ValueError, match='stem must be one of'):
+    resnet.Model(depth=18, stem='tiny').init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
 @pytest.mark.parametrize('depth, widths', [
     (18, (64, 128, 256, 512)),
     (50, (256, 512, 1024, 2048)),

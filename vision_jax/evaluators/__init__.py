@@ -17,6 +17,7 @@ import os
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -40,12 +41,16 @@ class Evaluator:
     builder: the TFDS builder of its data.
     data_info: sizes, labels and metadata of its data.
     predict: the jitted prediction function `(state, batch) -> outputs`.
+    initial_state: `() -> state`, the state the run starts from before any step (the
+      trainer's jitted init, for baselines such as a probe of the untrained encoder),
+      or None outside the trainer.
   """
   OPTIONS: dict[str, Any] = {}
   READS_DATA = True
 
   def __init__(self, method, config: ml_collections.ConfigDict, *, name: str, workdir: str,
-               mesh, train_data: ml_collections.ConfigDict):
+               mesh, train_data: ml_collections.ConfigDict,
+               initial_state: Callable[[], Any] | None = None):
     defaults = config_lib.evaluator_config()
     defaults.update(self.OPTIONS)
     self.config = config_lib.complete(config, defaults, f'evals.{name}')
@@ -55,6 +60,7 @@ class Evaluator:
     self.name = name
     self.outdir = os.path.join(workdir, name)
     self.mesh = mesh
+    self.initial_state = initial_state
     if not self.READS_DATA:
       return
     data = self.config.data
@@ -88,6 +94,15 @@ class Evaluator:
       host = batch.pop(pipeline.HOST_KEY)
       yield parallel.to_global(batch, self.mesh), host
 
+  def summed(self, batch_sums: Callable, state) -> dict[str, np.ndarray]:
+    """`batch_sums(state, batch)` (a jitted function returning replicated sums) added up
+    over every batch of the evaluator's data, fetched to the host."""
+    totals = None
+    for batch, _ in self.batches():
+      sums = batch_sums(state, batch)
+      totals = sums if totals is None else _add_trees(totals, sums)
+    return parallel.fetch(totals)
+
   def evaluate(self, state, *, step: int, rng: jax.Array) -> dict[str, float]:
     """The metrics of `state` on this evaluator's data (every process calls it)."""
     raise NotImplementedError
@@ -103,6 +118,9 @@ class Evaluator:
   def make_outdir(self) -> str:
     os.makedirs(self.outdir, exist_ok=True)
     return self.outdir
+
+
+_add_trees = jax.jit(functools.partial(jax.tree.map, jnp.add))
 
 
 @functools.lru_cache(maxsize=None)

@@ -39,7 +39,6 @@ class Evaluator(evaluators.Evaluator):
     # One compile for every evaluator of this method and prediction function.
     self._sums = _jitted_sums(type(self)._batch_sums, self.predict, self.num_classes,
                               self.mesh)
-    self._add = jax.jit(functools.partial(jax.tree.map, jnp.add))
     self._last_confusion = None
 
   @staticmethod
@@ -59,11 +58,7 @@ class Evaluator(evaluators.Evaluator):
 
   def evaluate(self, state, *, step, rng):
     del step, rng
-    totals = None
-    for batch, _ in self.batches():
-      sums = self._sums(state, batch)
-      totals = sums if totals is None else self._add(totals, sums)
-    totals = parallel.fetch(totals)
+    totals = self.summed(self._sums, state)
     count = totals.pop('count')
     confusion = totals.pop('confusion')
     self._last_confusion = confusion

@@ -21,10 +21,16 @@ counts exactly once. Then, on the frozen features:
   Metric `knn/accuracy`. `knn_only` skips the linear probes: cheap enough to run often
   during pretraining.
 
-Also `num_examples` and `num_train_examples` (the sizes embedded). The solver is JAX's:
-`optax.lbfgs` in a jitted `while_loop`, vmapped over the whole l2 grid (one solve fits
-every l2), from zero, on the default device (the accelerator that embedded the
-features). Each label fraction's selection fits and refit pad their rows, under zero
+Also `num_examples` and `num_train_examples` (the sizes embedded). With
+`encoder='initial'` the evaluator probes the encoder this run started from, the
+state the trainer initialises from `config.seed` before any step, instead of the
+trained one: the randomly initialised baseline of the same architecture, computed
+once and reported at every evaluation beside the trained encoder's probes.
+
+The solver is JAX's: `optax.lbfgs` in a jitted `while_loop`, one solve per l2 of the
+grid from the largest down, each warm-started from the previous solution, then one
+refit at the chosen l2 from its selection fit, on the default device (the accelerator
+that embedded the features). Each label fraction's selection fits and refit pad their rows, under zero
 weights, to the same power of two, so one compile per fraction serves every evaluation
 of a run. Everything is deterministic: there is no randomness but `seed`'s subsets.
 
@@ -36,6 +42,8 @@ CPU for a few hundred points), coloured by class. In an experiment config:
   config.evals.probe = config_lib.evaluator_config(type='probe', batch_size=256)
   config.evals.knn = config_lib.evaluator_config(type='probe', knn_only=True,
                                                  every_steps=500)
+  config.evals.probe_random_init = config_lib.evaluator_config(
+      type='probe', encoder='initial', every_steps=0)
 """
 
 import functools
@@ -127,48 +135,51 @@ def _padded_rows(n: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes',))
-def _fit_logistic(x, labels, weights, l2_values, *, num_classes):
-  """Multinomial logistic regression for each l2 of `l2_values`, by L-BFGS from zero."""
+def _fit_logistic(x, labels, weights, l2, start, *, num_classes):
+  """Multinomial logistic regression with penalty `l2`, by L-BFGS from `start`
+  (`{'w': [D, C], 'b': [C]}`)."""
   onehot = jax.nn.one_hot(labels, num_classes, dtype=x.dtype)
   weights = weights / weights.sum()
 
-  def fit(l2):
-    def objective(params):
-      logits = x @ params['w'] + params['b']
-      nll = -jnp.sum(onehot * jax.nn.log_softmax(logits), -1)
-      return jnp.sum(weights * nll) + 0.5 * l2 * jnp.sum(params['w'] ** 2)
+  def objective(params):
+    logits = x @ params['w'] + params['b']
+    nll = -jnp.sum(onehot * jax.nn.log_softmax(logits), -1)
+    return jnp.sum(weights * nll) + 0.5 * l2 * jnp.sum(params['w'] ** 2)
 
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
+  solver = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(objective)
 
-    def step(carry):
-      params, state = carry
-      value, grad = value_and_grad(params, state=state)
-      updates, state = solver.update(grad, state, params, value=value, grad=grad,
-                                     value_fn=objective)
-      return optax.apply_updates(params, updates), state
+  def step(carry):
+    params, state = carry
+    value, grad = value_and_grad(params, state=state)
+    updates, state = solver.update(grad, state, params, value=value, grad=grad,
+                                   value_fn=objective)
+    return optax.apply_updates(params, updates), state
 
-    def running(carry):
-      _, state = carry
-      count = otu.tree_get(state, 'count')
-      grad_norm = otu.tree_norm(otu.tree_get(state, 'grad'))
-      return (count == 0) | ((count < MAX_ITERATIONS) & (grad_norm >= GRADIENT_TOLERANCE))
+  def running(carry):
+    _, state = carry
+    count = otu.tree_get(state, 'count')
+    grad_norm = otu.tree_norm(otu.tree_get(state, 'grad'))
+    return (count == 0) | ((count < MAX_ITERATIONS) & (grad_norm >= GRADIENT_TOLERANCE))
 
-    params = {'w': jnp.zeros((x.shape[1], num_classes), x.dtype),
-              'b': jnp.zeros((num_classes,), x.dtype)}
-    params, state = jax.lax.while_loop(running, step, (params, solver.init(params)))
-    return params, otu.tree_get(state, 'count'), otu.tree_norm(otu.tree_get(state, 'grad'))
-
-  return jax.vmap(fit)(l2_values)
+  params, state = jax.lax.while_loop(running, step, (start, solver.init(start)))
+  return params, otu.tree_get(state, 'count'), otu.tree_norm(otu.tree_get(state, 'grad'))
 
 
 def fit_logistic(x: np.ndarray, labels: np.ndarray, num_classes: int,
-                 l2_values: Sequence[float], *, rows: int | None = None
+                 l2_values: Sequence[float], *, rows: int | None = None,
+                 start: tuple[np.ndarray, np.ndarray] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
   """`(w [L, D, C], b [L, C])`: the minimisers of `mean cross-entropy + l2/2 |w|^2` on
-  `(x, labels)` for each of the L values of `l2_values` (the bias unpenalised), solved
-  together. The rows are padded (with zero weight) to `rows`, by default the next power
-  of two: calls with the same `rows`, feature size and L share one compile."""
+  `(x, labels)` for each of the L values of `l2_values` (the bias unpenalised).
+
+  The objective is strictly convex, so where L-BFGS starts changes only how fast it
+  gets there: the first solve of the largest l2 starts from `start` (default zero),
+  and each smaller l2 from the solution of the previous one (a regularisation path,
+  as glmnet and scikit-learn's warm starts walk it), which saves most of the
+  iterations of the small penalties. The rows are padded (with zero weight) to `rows`,
+  by default the next power of two: calls with the same `rows` and feature size share
+  one compile."""
   n = len(x)
   size = rows or _padded_rows(n)
   if size < n:
@@ -177,16 +188,23 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, num_classes: int,
   padded_x[:n] = x
   padded_labels = np.zeros(size, np.int32)
   padded_labels[:n] = labels
-  params, iterations, grad_norms = jax.device_get(_fit_logistic(
-      jnp.asarray(padded_x), jnp.asarray(padded_labels),
-      jnp.asarray(np.arange(size) < n, np.float32),
-      jnp.asarray(l2_values, np.float32), num_classes=num_classes))
-  for l2, count, norm in zip(l2_values, iterations, grad_norms):
+  inputs = (jnp.asarray(padded_x), jnp.asarray(padded_labels),
+            jnp.asarray(np.arange(size) < n, np.float32))
+  params = ({'w': jnp.zeros((x.shape[1], num_classes), jnp.float32),
+             'b': jnp.zeros((num_classes,), jnp.float32)} if start is None else
+            {'w': jnp.asarray(start[0], jnp.float32), 'b': jnp.asarray(start[1], jnp.float32)})
+  solutions = {}
+  for i in sorted(range(len(l2_values)), key=lambda i: -l2_values[i]):
+    params, count, norm = _fit_logistic(*inputs, np.float32(l2_values[i]), params,
+                                        num_classes=num_classes)
+    solutions[i] = jax.device_get(params)
+    count, norm = jax.device_get((count, norm))
     if norm >= GRADIENT_TOLERANCE:
       logging.warning('linear probe (l2 %g, %d labels): L-BFGS stopped after %d iterations '
-                      'with gradient norm %.2g (tolerance %g)', l2, n, count, norm,
+                      'with gradient norm %.2g (tolerance %g)', l2_values[i], n, count, norm,
                       GRADIENT_TOLERANCE)
-  return params['w'], params['b']
+  return (np.stack([solutions[i]['w'] for i in range(len(l2_values))]),
+          np.stack([solutions[i]['b'] for i in range(len(l2_values))]))
 
 
 def probabilities(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -202,8 +220,7 @@ def linear_probe(train_x, train_labels, test_x, test_labels, num_classes: int, *
   """Accuracy on the test set of the probe trained on `(train_x, train_labels)`, with l2
   chosen on a held-out part (see the module docstring)."""
   l2_grid = sorted(l2_grid)
-  # The selection fits and the refit share one compile: the same padded rows, and the
-  # refit solves the whole grid too (in parallel lanes; the chosen one is kept).
+  # The selection fits and the refit share one compile: the same padded rows.
   rows = _padded_rows(len(train_x))
   fit, held = holdout_split(train_labels, holdout_fraction, seed)
   if len(held):
@@ -217,9 +234,11 @@ def linear_probe(train_x, train_labels, test_x, test_labels, num_classes: int, *
   else:
     best = len(l2_grid) - 1
   l2 = l2_grid[best]
-  ws, bs = fit_logistic(standardise(train_x, train_x), train_labels, num_classes, l2_grid,
-                        rows=rows)
-  w, b = ws[best], bs[best]
+  # The refit starts from the selection fit of the same l2, near its solution.
+  start = (ws[best], bs[best]) if len(held) else None
+  ws, bs = fit_logistic(standardise(train_x, train_x), train_labels, num_classes, [l2],
+                        rows=rows, start=start)
+  w, b = ws[0], bs[0]
   predictions = (standardise(test_x, train_x) @ w + b).argmax(-1)
   return {'accuracy': float(np.mean(predictions == test_labels)),
           'num_labels': float(len(train_x)), 'l2': float(l2)}
@@ -270,12 +289,13 @@ def _jitted_features(predict, mesh):
 
 class Evaluator(evaluators.Evaluator):
   """Options: train_split, label_fractions, l2_grid, holdout_fraction, seed, knn_k,
-  knn_temperature, knn_only, embedding_method, embedding_points (see the module
-  docstring). `pred` defaults to 'embed_image'."""
+  knn_temperature, knn_only, embedding_method, embedding_points, encoder ('trained' or
+  'initial'; see the module docstring). `pred` defaults to 'embed_image'."""
   OPTIONS = {'pred': 'embed_image', 'train_split': 'train',
              'label_fractions': (0.01, 0.1, 1.0), 'l2_grid': (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
              'holdout_fraction': 0.2, 'seed': 0, 'knn_k': 200, 'knn_temperature': 0.1,
-             'knn_only': False, 'embedding_method': 'pca', 'embedding_points': 2000}
+             'knn_only': False, 'embedding_method': 'pca', 'embedding_points': 2000,
+             'encoder': 'trained'}
 
   def __init__(self, method, config, **kwargs):
     super().__init__(method, config, **kwargs)
@@ -309,10 +329,34 @@ class Evaluator(evaluators.Evaluator):
     if c.embedding_method not in ('pca', 'tsne'):
       raise config_lib.ConfigError(
           f'{where}.embedding_method: unknown method {c.embedding_method!r}; use pca or tsne')
+    if c.encoder not in ('trained', 'initial'):
+      raise config_lib.ConfigError(
+          f'{where}.encoder: unknown encoder {c.encoder!r}; use trained or initial')
     self.num_classes = self.data_info.num_classes
     self.class_names = self.data_info.class_names or tuple(map(str, range(self.num_classes)))
     self._features = _jitted_features(self.predict, self.mesh)
     self._last_test = None  # (step, features, labels) of the last evaluation.
+    self._initial = None  # (state, results) of the initial encoder, once computed.
+
+  def _initial_encoder_state(self):
+    """The state this run started from (the trainer's `initial_state`); outside the
+    trainer, `method.init_state` with the first of `split(key(config.seed))`, as
+    `train.make_train_step` initialises it (initialisers do not depend on the batch,
+    so one zero example stands in for it)."""
+    if self._initial is None:
+      if self.initial_state is not None:
+        state = self.initial_state()
+      else:
+        batch = next(self._split_batches(self.config.data.split))
+        image = batch['image']
+        zeros = {key: jnp.zeros((1, *image.shape[1:]), image.dtype)
+                 for key in ('image', *self.method.TRAIN_IMAGE_KEYS)}
+        zeros['label'] = jnp.zeros((1,), jnp.int32)
+        init_key = jax.random.split(jax.random.key(self.method.config.seed))[0]
+        state = jax.jit(self.method.init_state,
+                        out_shardings=parallel.replicated(self.mesh))(init_key, zeros)
+      self._initial = (state, None)
+    return self._initial[0]
 
   def _split_batches(self, split):
     local_batch_size = parallel.local_batch_size(self.config.batch_size, self.mesh)
@@ -338,6 +382,10 @@ class Evaluator(evaluators.Evaluator):
   def evaluate(self, state, *, step, rng):
     del rng  # Deterministic: the subsets come from `seed`.
     c = self.config
+    if c.encoder == 'initial':
+      state = self._initial_encoder_state()
+      if self._initial[1] is not None:  # The same encoder as last time.
+        return dict(self._initial[1])
     train_x, train_y = self.embed(state, c.train_split)
     test_x, test_y = self.embed(state, c.data.split)
     self._last_test = (step, test_x, test_y)
@@ -353,10 +401,14 @@ class Evaluator(evaluators.Evaluator):
                             self.num_classes, l2_grid=tuple(c.l2_grid),
                             holdout_fraction=c.holdout_fraction, seed=c.seed)
       results.update({f'probe_{fraction_name(fraction)}/{k}': v for k, v in scores.items()})
+    if c.encoder == 'initial':
+      self._initial = (state, dict(results))
     return results
 
   def figures(self, state, *, step, rng):
     del rng
+    if self.config.encoder == 'initial':
+      state = self._initial_encoder_state()
     if self._last_test is not None and self._last_test[0] == step:
       _, features, labels = self._last_test
     else:
@@ -384,5 +436,6 @@ class Evaluator(evaluators.Evaluator):
         points, labels, self.class_names, path, axis_labels=axes,
         title=f'{self.name}: {"PCA" if method == "pca" else "t-SNE"} of {self.config.pred} '
               f'features, {self.data_info.name} {self.config.data.split} '
-              f'({count} images), step {step}')
+              f'({count} images), ' + ('initial encoder' if self.config.encoder == 'initial'
+                                       else f'step {step}'))
     return [path]

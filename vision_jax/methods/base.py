@@ -65,6 +65,8 @@ class Method:
     PREDICTIONS: the names of its prediction functions `fn(state, batch) -> outputs`,
       which evaluators name in their `pred` field (big_vision's `pred`): e.g.
       'predict' (class scores), 'embed_image', 'embed_text', 'decode', 'sample'.
+    TRAIN_IMAGE_KEYS: the image fields of a training batch (SimCLR's 'view1' and
+      'view2'), each shaped like `config.data.input_shape`, which the benchmark makes up.
 
   Attributes:
     config: the experiment config.
@@ -78,6 +80,7 @@ class Method:
   name: str = ''
   OPTIONS: dict[str, Any] = {}
   PREDICTIONS: tuple[str, ...] = ()
+  TRAIN_IMAGE_KEYS: tuple[str, ...] = ('image',)
 
   def __init__(self, config: ml_collections.ConfigDict, data_info: DatasetInfo, *,
                total_steps: int, steps_per_epoch: int):

@@ -127,6 +127,7 @@ STAGES: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
     101: (BottleneckBlock, (3, 4, 23, 3)),
     152: (BottleneckBlock, (3, 8, 36, 3)),
 }
+STEMS = ('imagenet', 'cifar')
 
 
 class Model(nn.Module):
@@ -134,12 +135,14 @@ class Model(nn.Module):
 
   Stage k (k = 1..4) works at 1/2**(k+1) of the input resolution with
   num_filters * 2**(k-1) filters per block, so a 224x224 input reaches the
-  global pool as 7x7 maps. Blocks are named `stage{k}_block{j}` so their
+  global pool as 7x7 maps. With `stem='cifar'` (SimCLR's CIFAR-10 ResNet, Chen et
+  al. 2020, appendix B.9) the stem is one 3x3 convolution with stride 1 and no max
+  pool, so stage k works at 1/2**(k-1) of a 32x32 input. Blocks are named `stage{k}_block{j}` so their
   outputs can be read with `capture_intermediates`.
 
   `feature_maps(x, train=...)` (`model.apply(variables, x, method='feature_maps')`)
   returns the named outputs: 'stem' (after the stem's ReLU, before its max pool: 1/2
-  of the input resolution), 'stage1'..'stage4' (each stage's last block), 'pre_logits'
+  of the input resolution, or all of it with the CIFAR stem), 'stage1'..'stage4' (each stage's last block), 'pre_logits'
   ([N, D], the global average pool) and, unless `num_classes` is None, 'logits'.
   `__call__` returns 'logits', or 'pre_logits' for a headless model. Maps are in the
   compute dtype, logits in float32.
@@ -150,6 +153,8 @@ class Model(nn.Module):
       its pooled features and has no head parameters.
     num_filters: filters of the stem and the first stage (64 in the paper);
       small values give the tiny variants used in tests.
+    stem: 'imagenet' (7x7 convolution with stride 2, then 3x3 max pool with stride 2)
+      or 'cifar' (3x3 convolution with stride 1, no pool), for small images.
     zero_init_residual: start the last BatchNorm scale of every block at zero,
       so each block starts as identity + ReLU (Goyal et al., 2017).
     dtype: compute dtype, e.g. jnp.bfloat16; parameters and BatchNorm
@@ -161,6 +166,7 @@ class Model(nn.Module):
   depth: int = 50
   num_classes: int | None = 1000
   num_filters: int = 64
+  stem: str = 'imagenet'
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
   conv: ModuleDef = nn.Conv
@@ -176,13 +182,18 @@ class Model(nn.Module):
     if self.depth not in STAGES:
       raise ValueError(
           f'ResNet depth must be one of {sorted(STAGES)}, got {self.depth}.')
+    if self.stem not in STEMS:
+      raise ValueError(f'ResNet stem must be one of {STEMS}, got {self.stem!r}.')
     block, stage_sizes = STAGES[self.depth]
 
     maps = {}
-    x = conv(self.conv, self.num_filters, 7, 2, dtype=self.dtype, name='conv_init')(x)
+    imagenet_stem = self.stem == 'imagenet'
+    x = conv(self.conv, self.num_filters, 7 if imagenet_stem else 3, 2 if imagenet_stem else 1,
+             dtype=self.dtype, name='conv_init')(x)
     x = maps['stem'] = nn.relu(
         batch_norm(self.norm, train, dtype=self.dtype, name='bn_init')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if imagenet_stem:
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(stage_sizes):
       for i in range(num_blocks):
         x = block(
