@@ -30,9 +30,9 @@ once and reported at every evaluation beside the trained encoder's probes.
 The solver is JAX's: `optax.lbfgs` in a jitted `while_loop`, one solve per l2 of the
 grid from the largest down, each warm-started from the previous solution, then one
 refit at the chosen l2 from its selection fit, on the default device (the accelerator
-that embedded the features). Each label fraction's selection fits and refit pad their rows, under zero
-weights, to the same power of two, so one compile per fraction serves every evaluation
-of a run. Everything is deterministic: there is no randomness but `seed`'s subsets.
+that embedded the features). Each label fraction's selection fits and refit pad their
+rows, under zero weights, to the same power of two, so one compile per fraction serves
+every evaluation of a run. Everything is deterministic: there is no randomness but `seed`'s subsets.
 
 Both splits go through the evaluator's `pp` (no augmentation). Figure, in
 `workdir/<name>/`: `embedding.png`, up to `embedding_points` test features projected to
