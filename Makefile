@@ -19,7 +19,7 @@ run: venv
 	$(PY) -m vision_jax.train --config experiments/classification/cnn_digits.py --workdir $(WORKDIR)
 
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 clean:
 	rm -rf runs .pytest_cache

@@ -10,6 +10,14 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8'
                            ' --xla_backend_optimization_level=1').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One compilation cache for the session (subprocesses and xdist workers share it): the
+# many runs that compile the same steps (resumed, 8 devices against 1, two processes)
+# compile them once.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
+      tempfile.gettempdir(), f'vision_jax_test_cache_{os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()}')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import pytest  # noqa: E402
@@ -49,3 +57,41 @@ def _file_hashes(root) -> dict[str, str] | None:
 def file_hashes():
   """`file_hashes(root)`: what a failed run must leave unchanged."""
   return _file_hashes
+
+
+@pytest.fixture(scope='session')
+def scenes_data_dir(tmp_path_factory):
+  """A data dir holding small versions of `scenes/multi` and `scenes/compositional`
+  under their own names (96 training, 24 test images), so experiments on the scenes
+  run against it unchanged but with `data.data_dir` set."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from vision_jax.data import scenes  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp('scenes_data'))
+  configs = scenes.Scenes.builder_configs  # TFDS memoizes the configs by name.
+  for name in ('multi', 'compositional'):
+    original = configs[name]
+    configs[name] = dataclasses.replace(original, num_train=96, num_validation=8, num_test=24)
+    try:
+      scenes.Scenes(config=name, data_dir=root).download_and_prepare()
+    finally:
+      configs[name] = original  # Reading needs only what was written.
+  return root
+
+
+# Files whose tests share nothing costly run test by test on any worker (`make test`
+# uses `--dist loadgroup`); the autodiff contract keeps each model's cases together (they
+# share its compiled functions); every other file stays on one worker, with its module
+# fixtures built once.
+_SPREAD_FILES = ('test_train.py', 'test_experiments.py', 'test_captioning.py')
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    name = item.path.name
+    if name in _SPREAD_FILES:
+      continue
+    group = name
+    if name == 'test_autodiff.py' and hasattr(item, 'callspec'):
+      group += ':' + str(item.callspec.params.get('name', ''))
+    item.add_marker(pytest.mark.xdist_group(group))

@@ -113,8 +113,8 @@ def test_torch_twins_have_the_same_parameters(spec):
   pytest.importorskip('torch')
   from vision_jax import benchmark_torch  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(spec)
-  model, input_shape = summary.build_model(config)
-  rows, _ = summary.layers(model, input_shape, flops=False, max_depth=0)
+  model, input_shape, init = summary.build_model(config)
+  rows, _ = summary.layers(model, input_shape, init, flops=False, max_depth=0)
   twin = benchmark_torch.build_model(
       config.model.name, {k: v for k, v in config.model.items() if k != 'name'},
       input_shape, config.data.num_classes)

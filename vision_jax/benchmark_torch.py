@@ -1,10 +1,12 @@
 """PyTorch eager twins of the benchmarked models and steps, for like-for-like timings.
 
 Each twin has the layers, shapes, initial BatchNorm settings and optimizer of its Flax
-model (`vision_jax/models/{cnn,cifar_resnet,resnet,unet}.py`), so a training step does
-the same arithmetic. The step follows `config.method`: 'classification' (cross-entropy)
-or 'diffusion' (`vision_jax.methods.diffusion`'s L_simple on the U-Net, with label
-dropout, gradient clipping and the parameter EMA when the config has them). Only
+model (`vision_jax/models/{cnn,cifar_resnet,resnet,unet,captioner}.py`), so a training
+step does the same arithmetic. The step follows `config.method`: 'classification'
+(cross-entropy) or 'diffusion' (`vision_jax.methods.diffusion`'s L_simple on the U-Net,
+with label dropout, gradient clipping and the parameter EMA when the config has them)
+by `make_train_step`, and 'captioning' (teacher-forced cross-entropy on the Transformer
+captioner) by `make_captioning_step`. Only
 `vision_jax.benchmark --torch` imports this module; PyTorch is not a dependency of the
 project.
 """
@@ -13,17 +15,41 @@ import math
 import os
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vision_jax.data import text
 from vision_jax.methods import diffusion
-from vision_jax.models import unet
+from vision_jax.models import transformer, unet
 
 
 def _bn(features: int) -> nn.BatchNorm2d:
   # PyTorch's momentum 0.1 is Flax's 0.9; both use epsilon 1e-5.
   return nn.BatchNorm2d(features, eps=1e-5, momentum=0.1)
+
+
+def _cnn_stages(in_channels: int, image_size: tuple[int, int], features, kernel_size: int,
+                convs_per_stage: int, pooling: str, use_batchnorm: bool):
+  """`models/cnn.py`'s conv stages: `(layers, channels, height, width)` of the last map."""
+  layers, channels = [], in_channels
+  height, width = image_size
+  for width_out in features:
+    for _ in range(convs_per_stage):
+      layers.append(nn.Conv2d(channels, width_out, kernel_size, padding='same',
+                              bias=not use_batchnorm))
+      if use_batchnorm:
+        layers.append(_bn(width_out))
+      layers.append(nn.ReLU(inplace=True))
+      channels = width_out
+    if pooling == 'max':
+      layers.append(nn.MaxPool2d(2))
+    elif pooling == 'avg':
+      layers.append(nn.AvgPool2d(2))
+    if pooling != 'none':
+      height, width = height // 2, width // 2
+  return layers, channels, height, width
 
 
 class CNN(nn.Module):
@@ -34,22 +60,9 @@ class CNN(nn.Module):
                dense_features=(128,), dropout_rate=0.0, use_batchnorm=False, **unused):
     super().__init__()
     del unused
-    layers, channels = [], in_channels
-    height, width = image_size
-    for width_out in features:
-      for _ in range(convs_per_stage):
-        layers.append(nn.Conv2d(channels, width_out, kernel_size, padding='same',
-                                bias=not use_batchnorm))
-        if use_batchnorm:
-          layers.append(_bn(width_out))
-        layers.append(nn.ReLU(inplace=True))
-        channels = width_out
-      if pooling == 'max':
-        layers.append(nn.MaxPool2d(2))
-      elif pooling == 'avg':
-        layers.append(nn.AvgPool2d(2))
-      if pooling != 'none':
-        height, width = height // 2, width // 2
+    layers, channels, height, width = _cnn_stages(
+        in_channels, image_size, features, kernel_size, convs_per_stage, pooling,
+        use_batchnorm)
     layers.append(nn.Flatten())
     size = channels * height * width
     for width_out in dense_features:
@@ -344,6 +357,139 @@ class UNet(nn.Module):
     return self.conv_out(F.silu(self.norm_out(h)))
 
 
+# The Transformer captioner. Submodules carry the Flax modules' names (`block1.
+# cross_attention.query`), so parameter counts compare layer by layer.
+
+class CaptionerCNN(nn.Module):
+  """The headless `models/cnn.py` as the captioner's encoder: forward gives the last
+  stage's map, the grid the decoder attends over.
+
+  Its dense layers are parameters that nothing reads: the Transformer decoder reads the
+  grid, not the pooled features, so XLA drops their computation from the JAX step and
+  their gradients are zeros (which `make_captioning_step` gives them too, so that
+  AdamW updates them as optax does).
+  """
+
+  def __init__(self, in_channels: int, image_size: tuple[int, int], *, features=(32, 64),
+               kernel_size=3, convs_per_stage=1, pooling='max', dense_features=(128,),
+               use_batchnorm=False, dropout_rate=0.0):
+    super().__init__()
+    del dropout_rate  # Only after the dense layers, which do not run.
+    layers, channels, height, width = _cnn_stages(
+        in_channels, image_size, features, kernel_size, convs_per_stage, pooling,
+        use_batchnorm)
+    self.stages = nn.Sequential(*layers)
+    self.channels, self.grid_size = channels, (height, width)
+    dense, size = [], channels * height * width
+    for width_out in dense_features:
+      dense.append(nn.Linear(size, width_out))
+      size = width_out
+    self.dense = nn.ModuleList(dense)
+
+  def forward(self, x):
+    return self.stages(x)
+
+
+class CaptionAttention(nn.Module):
+  """`models/captioner.py: _Attention`: query, key, value and out projections."""
+
+  def __init__(self, width: int, num_heads: int):
+    super().__init__()
+    self.num_heads = num_heads
+    self.query, self.key, self.value, self.out = (nn.Linear(width, width) for _ in range(4))
+
+  def forward(self, x, keys_values, causal: bool = False):
+    heads = lambda y: y.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # noqa: E731
+    out = F.scaled_dot_product_attention(  # softmax(q k^T / sqrt(d)) v
+        heads(self.query(x)), heads(self.key(keys_values)), heads(self.value(keys_values)),
+        is_causal=causal)
+    return self.out(out.transpose(1, 2).flatten(2))
+
+
+def _layer_norm(width: int) -> nn.LayerNorm:
+  # Flax's LayerNorm epsilon is 1e-6 (PyTorch's default 1e-5).
+  return nn.LayerNorm(width, eps=1e-6)
+
+
+class DecoderBlock(nn.Module):
+  """`models/captioner.py: _DecoderBlock`: pre-LN causal self-attention, cross-attention
+  over the grid and `models/transformer.py: MlpBlock` (exact GELU), each residual after
+  dropout."""
+
+  def __init__(self, width: int, num_heads: int, mlp_dim: int, dropout_rate: float):
+    super().__init__()
+    self.norm_self = _layer_norm(width)
+    self.self_attention = CaptionAttention(width, num_heads)
+    self.norm_cross = _layer_norm(width)
+    self.cross_attention = CaptionAttention(width, num_heads)
+    self.norm_mlp = _layer_norm(width)
+    self.mlp = nn.Sequential(nn.Linear(width, mlp_dim), nn.GELU(), nn.Dropout(dropout_rate),
+                             nn.Linear(mlp_dim, width), nn.Dropout(dropout_rate))
+    self.dropout = nn.Dropout(dropout_rate)
+
+  def forward(self, x, memory):
+    h = self.norm_self(x)
+    x = x + self.dropout(self.self_attention(h, h, causal=True))
+    x = x + self.dropout(self.cross_attention(self.norm_cross(x), memory))
+    return x + self.mlp(self.norm_mlp(x))
+
+
+class TransformerCaptioner(nn.Module):
+  """`models/captioner.py: Model` with `decoder='transformer'` and a 'cnn' encoder:
+  forward(images, tokens) -> logits [B, T, V] of the word after each token."""
+
+  def __init__(self, in_channels: int, image_size: tuple[int, int], vocab_size: int, *,
+               encoder: dict[str, Any], decoder='transformer', max_len=20, width=256,
+               num_layers=2, num_heads=4, mlp_dim=None, dropout_rate=0.1, grid_key=None,
+               **unused):
+    super().__init__()
+    del unused  # The RNN decoders' cell.
+    encoder = dict(encoder)
+    if decoder != 'transformer' or encoder.get('name') != 'cnn' or grid_key is not None:
+      raise ValueError(
+          "the PyTorch captioner twin is the 'transformer' decoder on a 'cnn' encoder's "
+          f"last stage; got decoder {decoder!r}, encoder {encoder.get('name')!r}, "
+          f'grid_key {grid_key!r}')
+    if width % num_heads:
+      raise ValueError(f'width {width} is not a multiple of num_heads {num_heads}')
+    encoder.pop('name')
+    encoder.pop('cpu_kernels', None)
+    self.image_encoder = CaptionerCNN(in_channels, image_size, **encoder)
+    self.project = nn.Linear(self.image_encoder.channels, width)
+    self.register_buffer('grid_position', torch.from_numpy(np.array(
+        transformer.sincos_2d(*self.image_encoder.grid_size, width)[0], np.float32)),
+                         persistent=False)
+    self.embed = nn.Embedding(vocab_size, width)
+    nn.init.normal_(self.embed.weight, std=width ** -0.5)  # Flax's default_embed_init.
+    self.position_embedding = nn.Parameter(0.02 * torch.randn(max_len, width))
+    self.blocks = [f'block{i + 1}' for i in range(num_layers)]
+    for name in self.blocks:
+      self.add_module(name, DecoderBlock(width, num_heads, mlp_dim or 4 * width,
+                                         dropout_rate))
+    self.final_norm = _layer_norm(width)
+    self.logits = nn.Linear(width, vocab_size)
+
+  def encode(self, images):
+    """The projected grid [B, N, width] with its 2-D position embedding."""
+    # [B, C, H, W] -> [B, H*W, C]: a view of a channels-last map, as Flax's NHWC.
+    grid = self.image_encoder(images).permute(0, 2, 3, 1).flatten(1, 2)
+    return self.project(grid) + self.grid_position
+
+  def forward(self, images, tokens):
+    memory = self.encode(images)
+    x = self.embed(tokens) + self.position_embedding[:tokens.shape[1]]
+    for name in self.blocks:
+      x = getattr(self, name)(x, memory)
+    return self.logits(self.final_norm(x))
+
+
+def build_captioner(model_kwargs: dict[str, Any], input_shape,
+                    vocab_size: int) -> TransformerCaptioner:
+  """The twin of `vision_jax.models.captioner.Model(**model_kwargs, vocab_size=...)`."""
+  height, width, channels = input_shape
+  return TransformerCaptioner(channels, (height, width), vocab_size, **model_kwargs)
+
+
 def build_model(name: str, kwargs: dict[str, Any], input_shape,
                 num_classes: int | None) -> nn.Module:
   """The twin of `vision_jax.models.<name>.Model(**kwargs)` for NHWC `input_shape`.
@@ -471,14 +617,71 @@ def _diffusion_step(config, input_shape, num_classes: int, batch_size: int,
 _STEPS = {'classification': _classification_step, 'diffusion': _diffusion_step}
 
 
-def make_train_step(config, input_shape, num_classes: int, batch_size: int,
-                    channels_last: bool = True) -> Callable[[], None]:
-  """A closure running one eager training step of `config.method` on a fixed random batch."""
-  method = config.get('method', 'classification')
-  if method not in _STEPS:
-    raise ValueError(f'no PyTorch twin of the training step of method {method!r} '
-                     f'(have {", ".join(_STEPS)})')
+def _setup(config, channels_last: bool):
+  """One thread per core and the config's seed; the images' memory format."""
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   torch.manual_seed(config.seed)
-  memory_format = torch.channels_last if channels_last else torch.contiguous_format
+  return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def make_train_step(config, input_shape, num_classes: int, batch_size: int,
+                    channels_last: bool = True) -> Callable[[], None]:
+  """A closure running one eager training step of `config.method`, a method trained on
+  images and labels, on a fixed random batch."""
+  method = config.get('method', 'classification')
+  if method not in _STEPS:
+    hint = '; its twin is make_captioning_step' if method == 'captioning' else ''
+    raise ValueError(f'no PyTorch twin of the training step of method {method!r} '
+                     f'(have {", ".join(_STEPS)}){hint}')
+  memory_format = _setup(config, channels_last)
   return _STEPS[method](config, input_shape, num_classes, batch_size, memory_format)
+
+
+def random_tokens(batch_size: int, max_len: int, vocab_size: int) -> torch.Tensor:
+  """Token rows as `methods/captioning.py: Method.synthetic_batch` makes them: bos, 1 to
+  max_len - 2 random words, eos, padding."""
+  vocab = text.Vocabulary
+  words = torch.randint(len(text.SPECIAL_TOKENS), vocab_size, (batch_size, max_len))
+  eos_at = torch.randint(2, max_len, (batch_size, 1))
+  position = torch.arange(max_len)[None]
+  tokens = torch.where(position < eos_at, words, vocab.pad_id)
+  tokens = torch.where(position == eos_at, vocab.eos_id, tokens)
+  tokens[:, 0] = vocab.bos_id
+  return tokens
+
+
+def make_captioning_step(config, input_shape, vocab_size: int, batch_size: int,
+                         channels_last: bool = True) -> Callable[[], torch.Tensor]:
+  """`methods/captioning.py: Method.loss` on the Transformer captioner twin, one eager
+  step of `config.optimizer` per call on a fixed random batch; the step returns its loss.
+
+  The loss is the cross-entropy of each next word given the words before it, averaged
+  over the non-padding targets (teacher forcing: inputs tokens[:, :-1], targets
+  tokens[:, 1:]).
+  """
+  if config.get('method') != 'captioning':
+    raise ValueError(f"make_captioning_step is for method 'captioning', not "
+                     f'{config.get("method")!r}')
+  memory_format = _setup(config, channels_last)
+  model = build_captioner(_model_kwargs(config.model), input_shape, vocab_size)
+  model = model.to(memory_format=memory_format).train()
+  optimizer = make_optimizer(model, config.optimizer, config.lr)
+  unread = list(model.image_encoder.dense.parameters())
+  zeros = [torch.zeros_like(p) for p in unread]
+  height, width, channels = input_shape
+  images = torch.randn(batch_size, channels, height, width).to(memory_format=memory_format)
+  tokens = random_tokens(batch_size, config.model.max_len, vocab_size)
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(images, inputs)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                           ignore_index=text.Vocabulary.pad_id)
+    loss.backward()
+    for p, zero in zip(unread, zeros):
+      p.grad = zero
+    optimizer.step()
+    return loss.detach()
+
+  return step

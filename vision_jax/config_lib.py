@@ -20,9 +20,8 @@ class ConfigError(ValueError):
   """A config file, argument or override that cannot be used."""
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` and returns the locked config."""
-  path, _, arg = spec.partition(':')
+def load_module(path: str):
+  """The experiment file `path` as a module (for an experiment built on another's recipe)."""
   if not os.path.isfile(path):
     raise ConfigError(f'config file not found: {path}')
   module_spec = importlib.util.spec_from_file_location(
@@ -32,6 +31,13 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
   except Exception as e:
     raise ConfigError(f'config file {path} failed to load: {type(e).__name__}: {e}') from e
+  return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` and returns the locked config."""
+  path, _, arg = spec.partition(':')
+  module = load_module(path)
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'config file {path} has no get_config()')
   try:
@@ -245,6 +251,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.cache = True
   config.data.skip_undecodable = False  # Image folders: leave out files that cannot be decoded.
   config.data.shuffle_buffer = 50_000
+  # A word list (text.Vocabulary.save) that becomes the dataset's vocabulary, for text
+  # datasets whose metadata has none (TFDS coco_captions); None: the dataset's own.
+  config.data.vocabulary = placeholder(str)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = ''

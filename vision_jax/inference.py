@@ -14,7 +14,6 @@ import os
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -82,9 +81,7 @@ def load_run(workdir: str, *, input_shape: Sequence[int] | None = None,
   except config_lib.ConfigError as e:
     raise RunError(f'the run in {workdir} cannot be rebuilt: {e}') from None
   mesh = mesh or parallel.make_mesh(1)
-  example = {'image': jnp.zeros((1, *shape), jnp.float32),
-             'label': jnp.zeros((1,), jnp.int32)}
-  abstract = jax.eval_shape(method.init_state, jax.random.key(0), example)
+  abstract = jax.eval_shape(method.init_state, jax.random.key(0), method.example_batch(shape))
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(
       s.shape, s.dtype, sharding=parallel.replicated(mesh)), abstract)
   _, state = checkpointing.restore_latest(workdir, target)

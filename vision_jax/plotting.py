@@ -169,3 +169,69 @@ def embedding_scatter(points: np.ndarray, labels: np.ndarray, class_names: Seque
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def captioned_images(images: np.ndarray, texts: Sequence[Sequence[str]], path: str, *,
+                     line_labels: Sequence[str] = (), title: str = '', columns: int = 4,
+                     width_chars: int = 36) -> None:
+  """Images, each above its texts (e.g. the generated and a reference caption), wrapped
+  to fit; `line_labels` name the lines ('generated: ...')."""
+  import textwrap  # pylint: disable=g-import-not-at-top
+  count = len(images)
+  rows = max(1, math.ceil(count / columns))
+  blocks = []
+  for lines in texts:
+    wrapped = []
+    for n, line in enumerate(lines):
+      label = f'{line_labels[n]}: ' if n < len(line_labels) else ''
+      wrapped += textwrap.wrap(label + (line or '(empty)'), width_chars)
+    blocks.append('\n'.join(wrapped))
+  # Laid out in inches: each cell is a square image over room for the longest text.
+  side, gap, line_height, top = 2.0, 0.25, 0.13, 0.45
+  text_height = line_height * max((b.count('\n') + 1 for b in blocks), default=1) + 0.1
+  cell_width, cell_height = side + gap, side + text_height + gap
+  width, height = columns * cell_width + gap, rows * cell_height + top
+  fig = plt.figure(figsize=(width, height))
+  for i in range(count):
+    row, column = divmod(i, columns)
+    left = gap + column * cell_width
+    bottom = height - top - row * cell_height - side
+    ax = fig.add_axes((left / width, bottom / height, side / width, side / height))
+    ax.axis('off')
+    ax.imshow(_displayable(images[i]), cmap='gray', interpolation='nearest')
+    fig.text(left / width, (bottom - 0.06) / height, blocks[i], fontsize=7, va='top',
+             ha='left')
+  if title:
+    fig.suptitle(title, fontsize=10, y=1 - 0.12 / height, va='top')
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def attention_maps(rows, path: str, *, title: str = '', max_words: int = 12) -> None:
+  """One row per image: the image, then for each word the image under that word's
+  attention map (`rows`: `(image [H, W, C], words, maps [T, h, w])`), titled with it."""
+  columns = 1 + min(max_words, max(len(words) for _, words, _ in rows))
+  fig, axes = plt.subplots(len(rows), columns, figsize=(1.25 * columns, 1.45 * len(rows) + 0.5),
+                           squeeze=False)
+  for r, (image, words, maps) in enumerate(rows):
+    image = _displayable(image)
+    height, width = image.shape[:2]
+    for c, ax in enumerate(axes[r]):
+      ax.axis('off')
+      if c == 0:
+        ax.imshow(image, cmap='gray', interpolation='nearest')
+        ax.set_title('image', fontsize=8)
+        continue
+      if c - 1 >= len(words) or c - 1 >= max_words:
+        continue
+      ax.imshow(image, cmap='gray', interpolation='nearest')
+      # Each grid cell covers its patch of the image; darker where the word looks less.
+      ax.imshow(maps[c - 1], cmap='magma', alpha=0.6, interpolation='bilinear',
+                extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                vmin=0, vmax=float(maps[c - 1].max()) or 1.0)
+      ax.set_title(words[c - 1], fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -3,7 +3,6 @@
 import ast
 import hashlib
 import os
-import re
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from vision_jax.data import generation
 from vision_jax.data import scenes
 from vision_jax.data import scenes_language as language
 from vision_jax.data import scenes_preview
+from vision_jax.data import scenes_reader as reader
 from vision_jax.data import scenes_render as render
 from vision_jax.data import scenes_video
 from vision_jax.data import text
@@ -44,130 +44,8 @@ def _all(examples):
   return [ex for split in examples.values() for ex in split]
 
 
-# ---------------------------------------------------------------- reading the texts back
-
-def _alternatives(words):
-  return '|'.join(sorted(map(re.escape, words), key=len, reverse=True))
-
-
-_SIZE = {w: k for k, ws in language.SIZE_WORDS.items() for w in ws}
-_COLOR = {w: k for k, ws in language.COLOR_WORDS.items() for w in ws}
-_NOUN = {}  # word -> (shape or None for 'object', plural)
-for _shape, _words in list(language.SHAPE_WORDS.items()) + [(None, language.OBJECT_WORDS)]:
-  for _word in _words:
-    _NOUN[_word] = (_shape, False)
-    _NOUN[language.plural(_word)] = (_shape, True)
-_DETERMINERS = ('a', 'an') + language.NUMBER_WORDS
-_NP_PARTS = (rf'(?:({_alternatives(_DETERMINERS)}) )?(?:({_alternatives(_SIZE)}) )?'
-             rf'(?:({_alternatives(_COLOR)}) )?({_alternatives(_NOUN)})')
-NP = re.sub(r'\((?!\?)', '(?:', _NP_PARTS)  # the same pattern without groups
-_RELATION = {w: rel for rel, ws in language.RELATION_WORDS.items() for w in ws}
-REL = _alternatives(_RELATION)
-_LOCATION = {w: where for where, ws in language.LOCATION_WORDS.items() for w in ws}
-LOC = _alternatives(_LOCATION)
-
-
 def _objects(ex):
-  return [dict(shape=scenes.SHAPES[s], color=scenes.COLORS[c], size=scenes.SIZES[z],
-               cx=(box[1] + box[3]) / 2, cy=(box[0] + box[2]) / 2)
-          for box, s, c, z in zip(*(ex['objects'][k] for k in ('bbox', 'shape', 'color', 'size')))]
-
-
-def _phrase(text_):
-  det, size, color, noun = re.fullmatch(_NP_PARTS, text_).groups()
-  shape, is_plural = _NOUN[noun]
-  return dict(det=det, plural=is_plural,
-              attrs={k: v for k, v in (('size', _SIZE.get(size)), ('color', _COLOR.get(color)),
-                                       ('shape', shape)) if v})
-
-
-def _matching(objects, phrase):
-  attrs = _phrase(phrase)['attrs'] if isinstance(phrase, str) else phrase
-  return [o for o in objects if all(o[k] == v for k, v in attrs.items())]
-
-
-def _the(objects, phrase):
-  found = _matching(objects, phrase)
-  assert len(found) == 1, f'"the {phrase}" names {len(found)} objects'
-  return found[0]
-
-
-def _holds(rel, a, b):
-  margin = language.RELATION_MARGIN
-  return {'left': a['cx'] < b['cx'] - margin, 'right': a['cx'] > b['cx'] + margin,
-          'above': a['cy'] < b['cy'] - margin, 'below': a['cy'] > b['cy'] + margin}[rel]
-
-
-def _region(o):
-  third = lambda t, names: names[0] if t < 0.4 else names[2] if t > 0.6 else names[1]
-  return third(o['cy'], ('top', 'middle', 'bottom')), third(o['cx'], ('left', 'center', 'right'))
-
-
-def check_caption(caption, objects):
-  """Asserts that the caption is true of the objects; fails on a caption it cannot read."""
-  assert caption.endswith('.')
-  body = caption[:-1]
-  if m := re.fullmatch(rf'({NP}) (?:is )?({REL}) ({NP})|({REL}) ({NP}) there is ({NP})', body):
-    a, rel, b = m.group(1, 2, 3) if m.group(1) else m.group(6, 4, 5)
-    assert any(_holds(_RELATION[rel], x, y) for x in _matching(objects, a)
-               for y in _matching(objects, b) if x is not y), caption
-    return
-  if m := re.fullmatch(rf'({NP}) (?:is )?({LOC})|({LOC}) there is ({NP})', body):
-    a, where = m.group(1, 2) if m.group(1) else m.group(4, 3)
-    assert any(_region(o) == _LOCATION[where] for o in _matching(objects, a)), caption
-    return
-  body = re.sub(r'^(there is|there are|an image of|a picture with|a scene containing|'
-                r'a scene with|exactly) ', '', body)
-  body = re.sub(' in total$', '', body)
-  parts = re.split(', | and ', body)
-  assert all(re.fullmatch(NP, p) for p in parts), caption
-  phrases = [_phrase(p) for p in parts]
-  for part, phrase in zip(parts, phrases):
-    if phrase['det'] in ('a', 'an'):
-      assert _matching(objects, part), caption
-    else:  # a number: exactly that many
-      assert len(_matching(objects, part)) == language.NUMBER_WORDS.index(phrase['det']), caption
-  if all(p['det'] in ('a', 'an') for p in phrases):
-    assert len(phrases) == len(objects), f'{caption} does not list every object'
-  else:
-    assert sum(language.NUMBER_WORDS.index(p['det']) for p in phrases) == len(objects), caption
-
-
-def expected_answer(question, objects):
-  """The answer read off the objects, or an AssertionError for a question it cannot read."""
-  q = question
-  if m := re.fullmatch(rf'what color is the ({NP})\?|what is the color of the ({NP})\?|'
-                       rf'which color does the ({NP}) have\?', q):
-    return _the(objects, next(filter(None, m.groups())))['color']
-  if m := re.fullmatch(rf'what shape is the ({NP})\?|what is the shape of the ({NP})\?', q):
-    return _the(objects, next(filter(None, m.groups())))['shape']
-  if m := re.fullmatch(rf'what size is the ({NP})\?|how big is the ({NP})\?', q):
-    return _the(objects, next(filter(None, m.groups())))['size']
-  if m := re.fullmatch(rf'how many ({NP}) are (?:there|in the image)\?|'
-                       rf'what is the number of ({NP})\?', q):
-    return language.NUMBER_WORDS[len(_matching(objects, next(filter(None, m.groups()))))]
-  if m := re.fullmatch(rf'is there (?:a|an) ({NP})\?|are there any ({NP})\?', q):
-    return 'yes' if _matching(objects, next(filter(None, m.groups()))) else 'no'
-  if m := re.fullmatch(rf'is the ({NP}) (left or right of|above or below) the ({NP})\?', q):
-    a, b = _the(objects, m.group(1)), _the(objects, m.group(3))
-    options = ('left', 'right') if m.group(2).startswith('left') else ('above', 'below')
-    truths = [rel for rel in options if _holds(rel, a, b)]
-    assert len(truths) == 1, q
-    return truths[0]
-  if m := re.fullmatch(rf'is the ({NP}) ({REL}) the ({NP})\?', q):
-    a, b = _the(objects, m.group(1)), _the(objects, m.group(3))
-    rel = _RELATION[m.group(2)]
-    opposite = {'left': 'right', 'right': 'left', 'above': 'below', 'below': 'above'}[rel]
-    assert _holds(rel, a, b) or _holds(opposite, a, b), f'{q} is not clear-cut'
-    return 'yes' if _holds(rel, a, b) else 'no'
-  order = lambda o: scenes.SIZES.index(o['size'])
-  if m := re.fullmatch(rf'is the ({NP}) (bigger|larger|smaller) than the ({NP})\?', q):
-    a, b = _the(objects, m.group(1)), _the(objects, m.group(3))
-    bigger = order(a) > order(b) if m.group(2) != 'smaller' else order(a) < order(b)
-    return 'yes' if bigger else 'no'
-  if m := re.fullmatch(rf'are the ({NP}) and the ({NP}) the same size\?', q):
-    return 'yes' if order(_the(objects, m.group(1))) == order(_the(objects, m.group(2))) else 'no'
-  raise AssertionError(f'cannot read the question {q!r}')
+  return reader.objects_from_features(**ex['objects'])
 
 
 # ---------------------------------------------------------------- tests
@@ -236,7 +114,8 @@ def test_every_caption_is_true(examples):
   for ex in _all(examples):
     objects = _objects(ex)
     for caption in ex['captions']:
-      check_caption(caption.decode(), objects)
+      reading = reader.read_caption(caption.decode(), objects)
+      assert reading.readable and reading.true, (caption, objects)
 
 
 def test_every_answer_is_right(examples):
@@ -244,7 +123,8 @@ def test_every_answer_is_right(examples):
   for ex in _all(examples):
     objects = _objects(ex)
     for question, answer in zip(ex['questions'], ex['answers']):
-      assert answer.decode() == expected_answer(question.decode(), objects), question
+      assert answer.decode() == reader.answer(question.decode(), objects), question
+      assert reader.question_type(question.decode()) in reader.QUESTION_TYPES, question
       answers.add(answer.decode())
   assert answers <= set(scenes.ANSWERS) and {'yes', 'no', 'left', 'zero'} <= answers
 
@@ -328,6 +208,7 @@ def test_the_scenes_modules_form_no_cycle():
   assert _imports(scenes) == {'generation', 'scenes_language', 'scenes_render', 'text'}
   assert _imports(scenes_video) == {'generation', 'scenes_render', 'text'}
   assert _imports(scenes_preview) == {'scenes', 'scenes_video'}
+  assert _imports(reader) == {'scenes_language', 'scenes_render'}
 
 
 @pytest.mark.parametrize('motion', scenes_video.MOTIONS)

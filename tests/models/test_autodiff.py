@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from vision_jax import models
-from vision_jax.models import cnn, cpc, dcgan, self_supervised
+from vision_jax.models import cnn, cpc, dcgan, self_supervised, transformer
 
 # Tiny networks run in milliseconds; XLA's optimising compile is what costs.
 jit = functools.partial(jax.jit, compiler_options={
@@ -127,6 +127,31 @@ VARIANTS = {
             [out[0].reshape(out[0].shape[0], -1),
              jnp.swapaxes(out[1], 0, 1).reshape(out[1].shape[1], -1)], axis=-1),
         train_mode=False),
+    # Mean-pooled patch tokens; dropout on the tokens, the residual branches and the
+    # attention weights is the training-mode difference.
+    'vit': Variant(dict(name='vit', variant=None, width=16, depth=1, num_heads=2,
+                        patch_size=4, pool='gap', dropout_rate=0.1,
+                        attention_dropout_rate=0.1, num_classes=5), (2, 8, 8, 1)),
+    # The shared encoder under a causal mask, as a decoder uses it.
+    'transformer': Variant(('transformer', lambda dtype: transformer.Encoder(
+        num_layers=1, num_heads=2, mlp_dim=16, dtype=dtype)), (2, 4, 16),
+        lambda x: (jnp.tril(jnp.ones((x.shape[1],) * 2, bool)),), train_mode=False),
+    # VQA with an LSTM question (padded) attending over the CNN's grid; the gradient is
+    # w.r.t. the image, the question a fixed conditioning input.
+    'vqa': Variant(dict(name='vqa', vocab_size=9, num_answers=5, embed_dim=4, hidden_dim=16,
+                        num_heads=2, classifier_features=(), fusion='attention',
+                        image_encoder=dict(name='cnn', features=(16,), dense_features=())),
+                   (2, 8, 8, 1), lambda x: (jnp.tile(jnp.array([[1, 5, 7, 2, 0]]),
+                                                     (x.shape[0], 1)),),
+                   train_mode=False),
+    # The soft-attention captioner (an LSTM scanned over the words, attending over the
+    # CNN's grid) on fixed words; the gradient is w.r.t. the image.
+    'captioner': Variant(dict(name='captioner', decoder='attention', vocab_size=6, max_len=3,
+                              width=8, encoder=dict(name='cnn', features=(16,),
+                                                    dense_features=())),
+                         (2, 8, 8, 1), lambda x: (jnp.tile(jnp.array([[1, 4]]),
+                                                           (x.shape[0], 1)),),
+                         train_mode=False),
 }
 MODES = [pytest.param(name, train, id=f'{name}-{"train" if train else "eval"}')
          for name, variant in VARIANTS.items()

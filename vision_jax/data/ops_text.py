@@ -99,3 +99,20 @@ def per_question(keys=('questions', 'answers'), outkeys=('question', 'answer')) 
       set_key(rows, outkey, field)
     return rows
   return op
+
+
+@register('answer_id')
+@inkey_outkey('answer', 'answer_id')
+def answer_id(metadata=None):
+  """The class id of an answer word (or of each of a tensor of them), int32, in the
+  dataset's answer vocabulary (`metadata['answers']`); -1 for an answer outside it."""
+  if not metadata or 'answers' not in metadata:
+    have = sorted(metadata) if metadata else 'no metadata'
+    raise ValueError(f"answer_id needs the dataset's answer vocabulary, metadata['answers'], "
+                     f'but the metadata has none ({have}); `scenes` stores one')
+  with tf.init_scope():  # built eagerly, even when parsed inside a tf.function
+    answers = tf.constant(list(metadata['answers']))
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(answers, tf.range(tf.size(answers))),
+        default_value=-1)
+  return lambda values: table.lookup(tf.strings.lower(tf.strings.strip(values)))

@@ -6,7 +6,16 @@
     machine is online;
   * an embedded dataset of this project (`digits`, `scenes/...`), prepared offline;
   * `folder:/path/to/root`, images in the TFDS ImageFolder layout
-    `root/<split>/<class>/<image>`.
+    `root/<split>/<class>/<image>`;
+  * `coco_captions_json:/path/to/root`, captioned images in COCO's layout
+    (`root/annotations/captions_<split>.json`, `root/<split>/<image>`; see
+    `data.coco_captions`), prepared on first use.
+
+`config.data.vocabulary`, a word list saved by `text.Vocabulary.save` (`python -m
+vision_jax.data.text build-vocab` makes one), gives a dataset without a vocabulary in its
+metadata (TFDS `coco_captions`) one, or replaces the dataset's own: `training_builder`
+puts it into the metadata of every builder of that dataset name that `get_builder`
+returns in this process, so the method, the pp ops and the evaluators share it.
 
 The training stream is a pure function of (seed, step): epoch `e` is the process's
 shard shuffled with seed (seed, e), and every example carries a stateless seed from its
@@ -15,6 +24,7 @@ exactly the batches an uninterrupted run sees, without storing iterator state.
 """
 
 import concurrent.futures
+import json
 import os
 import socket
 import sys
@@ -28,7 +38,7 @@ from tensorflow.core.framework import tensor_pb2
 
 from vision_jax import config_lib
 import vision_jax.data  # noqa: F401  Registers the embedded builders.
-from vision_jax.data import preprocess
+from vision_jax.data import preprocess, text
 from vision_jax.dataset_info import DatasetInfo
 
 # TensorFlow only feeds the host; keep it off the accelerators JAX uses.
@@ -60,8 +70,47 @@ def _online(host: str = 'storage.googleapis.com', timeout: float = 3.0) -> bool:
     return False
 
 
+# data.name -> the data.vocabulary file of the run that trains on it (`training_builder`).
+_VOCABULARY_FILES: dict[str, str] = {}
+COCO_JSON_PREFIX = 'coco_captions_json:'
+USER_DATA_PREFIXES = ('folder:', COCO_JSON_PREFIX)  # Data the user named: never replaced.
+
+
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """Returns a prepared builder for `name`, preparing embedded datasets on first use."""
+  builder = _get_builder(name, data_dir)
+  if name in _VOCABULARY_FILES:
+    _set_vocabulary(builder, _VOCABULARY_FILES[name])
+  return builder
+
+
+def _set_vocabulary(builder: tfds.core.DatasetBuilder, path: str) -> None:
+  """Puts the words of the vocabulary file `path` into `builder.info.metadata`."""
+  path = os.path.expanduser(path)
+  try:
+    with open(path, encoding='utf-8') as f:
+      words = json.load(f)
+  except OSError as e:
+    raise DatasetNotFoundError(f'data.vocabulary {path} cannot be read: {e.strerror}') from None
+  except ValueError as e:
+    raise config_lib.ConfigError(f'data.vocabulary {path} is not JSON: {e}') from None
+  if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+    raise config_lib.ConfigError(f'data.vocabulary {path} is not a JSON list of words '
+                                 '(text.Vocabulary.save writes one)')
+  if builder.info.metadata is None:  # DatasetInfo has no setter for it.
+    builder.info._metadata = tfds.core.MetadataDict()  # pylint: disable=protected-access
+  builder.info.metadata['vocabulary'] = list(text.Vocabulary(words).tokens)
+
+
+def _get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  if name.startswith(COCO_JSON_PREFIX):
+    from vision_jax.data import coco_captions  # pylint: disable=g-import-not-at-top
+    root = name[len(COCO_JSON_PREFIX):]
+    builder = coco_captions.get_builder(root, data_dir)
+    if builder.is_prepared():
+      return builder
+    _prepare_once(builder)
+    return coco_captions.get_builder(root, data_dir)
   if name.startswith('folder:'):
     root = os.path.expanduser(name[len('folder:'):])
     if not os.path.isdir(root):
@@ -102,13 +151,17 @@ def training_builder(data_config) -> tuple[tfds.core.DatasetBuilder, str, str]:
 
   When `data.name` is a TFDS name that is not available here and `data.fallback` names
   an embedded dataset, that one is used and `note` says so (else `note` is ''). An image
-  folder is never replaced: a folder the user named must exist.
+  folder is never replaced: a folder the user named must exist. `data.vocabulary`, when
+  set, becomes the vocabulary of `data.name` for the builders `get_builder` returns.
   """
   name, fallback = data_config.name, data_config.get('fallback')
+  _VOCABULARY_FILES.clear()  # Only this run's.
+  if data_config.get('vocabulary'):
+    _VOCABULARY_FILES[name] = data_config.vocabulary
   try:
     return get_builder(name, data_config.data_dir), name, ''
   except DatasetNotFoundError as e:
-    if not fallback or name.startswith('folder:'):
+    if not fallback or name.startswith(USER_DATA_PREFIXES):
       raise
     if fallback.split('/')[0] not in EMBEDDED_DATASETS:
       raise DatasetNotFoundError(f'data.fallback {fallback!r} is not an embedded dataset '

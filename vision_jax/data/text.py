@@ -10,12 +10,19 @@ case, punctuation split off, whitespace separates the rest.
   vocab.tf_encode(tf.constant(['a red circle.']), max_len=16)   # inside tf.data
 
 A generated dataset stores its vocabulary in `builder.info.metadata` (`dataset_metadata`
-writes it, `from_metadata` reads it back).
+writes it, `from_metadata` reads it back). For a dataset without one (TFDS
+`coco_captions`), build one from its training captions and pass the file as
+`--config.data.vocabulary`:
+
+  python -m vision_jax.data.text build-vocab --data coco_captions \
+      --split train+restval --field captions/text --min_count 5 --out coco_vocab.json
 """
 
+import argparse
 import collections
 import json
 import re
+import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -134,9 +141,11 @@ class Vocabulary:
       return cls.from_json(f.read())
 
 
-def dataset_metadata(texts: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-  """The vocabulary of the training texts, and the most words per text of each field."""
-  vocab = Vocabulary.build(t for field in texts.values() for t in field)
+def dataset_metadata(texts: Mapping[str, Sequence[str]], min_count: int = 1
+                     ) -> dict[str, Any]:
+  """The vocabulary of the training texts (the words that occur at least `min_count`
+  times), and the most words per text of each field."""
+  vocab = Vocabulary.build((t for field in texts.values() for t in field), min_count)
   return {'vocabulary': list(vocab.tokens),
           'max_words': {k: max((len(split_words(t)) for t in set(v)), default=0)
                         for k, v in texts.items()}}
@@ -154,5 +163,75 @@ def from_metadata(metadata: Mapping[str, Any] | None, needed_by: str = 'this') -
     raise ValueError(
         f'{needed_by} needs a vocabulary, but the dataset metadata has none ({have}); '
         "datasets with text (scenes, scenes_video) store one under 'vocabulary', and "
-        'preprocess.parse(spec, metadata=builder.info.metadata) passes it on')
+        'preprocess.parse(spec, metadata=builder.info.metadata) passes it on; for others '
+        'set data.vocabulary to a word list (python -m vision_jax.data.text build-vocab)')
   return Vocabulary(metadata['vocabulary'])
+
+
+def build_vocabulary(name: str, field: str, *, split: str = 'train',
+                     data_dir: str | None = None, min_count: int = 5) -> Vocabulary:
+  """The vocabulary of the texts at `field` of a dataset's `split`.
+
+  Args:
+    name: a `config.data.name` (`pipeline.get_builder` finds it).
+    field: the text feature, a string or a sequence of them per example; 'parent/child'
+      for a nested one (TFDS coco_captions' 'captions/text').
+    split: the split, or a TFDS split expression ('train+restval').
+    data_dir: `config.data.data_dir`.
+    min_count: the fewest occurrences that put a word in the vocabulary.
+
+  Raises:
+    ValueError: the dataset has no feature `field` or no split `split`.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from vision_jax.data import pipeline, preprocess  # pylint: disable=g-import-not-at-top
+
+  builder = pipeline.get_builder(name, data_dir)
+  features = builder.info.features
+  # The images are not needed: leave their bytes undecoded.
+  decoders = {k: tfds.decode.SkipDecoding() for k, v in features.items()
+              if isinstance(v, tfds.features.Image)}
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+  except (KeyError, ValueError) as e:
+    raise ValueError(f'dataset {name!r} has no split {split!r} '
+                     f'(it has {sorted(builder.info.splits)}): {e}') from None
+  try:
+    ds = ds.map(lambda ex: tf.reshape(preprocess.get_key(ex, field), [-1]))
+  except KeyError as e:
+    raise ValueError(f'dataset {name!r}: {e.args[0]}') from None
+  if ds.element_spec.dtype != tf.string:
+    raise ValueError(f'dataset {name!r}: feature {field!r} is {ds.element_spec.dtype.name}, '
+                     'not text')
+  texts = (t.decode('utf-8') for batch in tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE))
+           for t in batch)
+  return Vocabulary.build(texts, min_count)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """`build-vocab`: writes a dataset's vocabulary for `--config.data.vocabulary`."""
+  parser = argparse.ArgumentParser(prog='python -m vision_jax.data.text',
+                                   description=main.__doc__)
+  commands = parser.add_subparsers(dest='command', required=True)
+  build = commands.add_parser('build-vocab', help='count the words of a text feature')
+  build.add_argument('--data', required=True, help='a config.data.name, e.g. coco_captions')
+  build.add_argument('--field', required=True, help="the text feature, e.g. 'captions/text'")
+  build.add_argument('--out', required=True, help='the JSON file to write')
+  build.add_argument('--split', default='train', help="e.g. 'train+restval'")
+  build.add_argument('--data_dir', default=None)
+  build.add_argument('--min_count', type=int, default=5)
+  args = parser.parse_args(argv)
+  from vision_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    vocab = build_vocabulary(args.data, args.field, split=args.split,
+                             data_dir=args.data_dir, min_count=args.min_count)
+  except (ValueError, pipeline.DatasetNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  vocab.save(args.out)
+  print(f'{args.out}: {len(vocab)} tokens ({len(vocab) - len(SPECIAL_TOKENS)} words with at '
+        f'least {args.min_count} occurrences in {args.data} {args.split} {args.field})')
+
+
+if __name__ == '__main__':
+  main()

@@ -15,6 +15,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from vision_jax import config_lib, optim
@@ -110,6 +111,25 @@ class Method:
     raise NotImplementedError
 
   # Shared machinery, which a method may override.
+
+  def example_batch(self, input_shape) -> Batch:
+    """A batch of one example with every field `init_variables` reads (zeros), to
+    rebuild a trained run's state outside the trainer (`vision_jax.inference`)."""
+    return {key: jnp.zeros((1, *input_shape), jnp.float32) for key in self.TRAIN_IMAGE_KEYS
+            } | {'label': jnp.zeros((1,), jnp.int32)}
+
+  def synthetic_batch(self, batch_size: int, input_shape, rng: np.random.Generator
+                      ) -> dict[str, np.ndarray]:
+    """A random training batch of `batch_size` examples, for the benchmark: a
+    standard-normal image in each of `TRAIN_IMAGE_KEYS` and uniform labels."""
+    if not self.data_info.num_classes:
+      raise config_lib.ConfigError(
+          f'method {self.config.method} trains on labels: the benchmark needs '
+          'data.num_classes to make synthetic batches')
+    batch = {key: rng.standard_normal((batch_size, *input_shape), np.float32)
+             for key in self.TRAIN_IMAGE_KEYS}
+    batch['label'] = rng.integers(0, self.data_info.num_classes, batch_size, dtype=np.int32)
+    return batch
 
   def make_optimizer(self, key: str = 'optimizer', schedule_key: str = 'schedule'
                      ) -> tuple[optax.Schedule, optax.GradientTransformation]:
