@@ -24,8 +24,10 @@ def labelled_image_grid(images: np.ndarray, labels: Sequence[str], path: str, *,
   """A grid of images, each titled with its label (green when right, red when wrong)."""
   count = len(images)
   rows = max(1, math.ceil(count / columns))
-  fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4),
-                           squeeze=False)
+  # Room above each image for its label's lines (VQA's question and answers take three).
+  lines = max((label.count('\n') + 1 for label in labels), default=1)
+  fig, axes = plt.subplots(rows, columns, squeeze=False,
+                           figsize=(1.6 * columns, (1.6 + 0.15 * lines) * rows + 0.4))
   for i, ax in enumerate(axes.flat):
     ax.axis('off')
     if i >= count:
