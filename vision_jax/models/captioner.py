@@ -88,7 +88,11 @@ class _RNNStep(nn.Module):
 
 class _Attention(nn.Module):
   """Multi-head dot-product attention returning its weights; with `cache` (self-attention
-  while decoding) the new keys and values are written at `position` first."""
+  while decoding) the new keys and values are written at `position` first.
+
+  Not Flax's attention with `decode=True`: its cache lives in a mutable collection, while
+  here it is an explicit pytree that a pure step function returns and that beam search
+  gathers by beam (and the figures need the weights)."""
   num_heads: int
   dtype: Any
 
