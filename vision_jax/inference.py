@@ -81,7 +81,8 @@ def load_run(workdir: str, *, input_shape: Sequence[int] | None = None,
   except config_lib.ConfigError as e:
     raise RunError(f'the run in {workdir} cannot be rebuilt: {e}') from None
   mesh = mesh or parallel.make_mesh(1)
-  abstract = jax.eval_shape(method.init_state, jax.random.key(0), method.example_batch(shape))
+  example = method.synthetic_batch(1, shape, np.random.default_rng(0))
+  abstract = jax.eval_shape(method.init_state, jax.random.key(0), example)
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(
       s.shape, s.dtype, sharding=parallel.replicated(mesh)), abstract)
   _, state = checkpointing.restore_latest(workdir, target)

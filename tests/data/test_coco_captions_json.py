@@ -324,7 +324,7 @@ def test_full_recipe_is_the_documented_one_and_its_parts_fit(arg, karpathy_dir, 
   from vision_jax.methods import get_method_class  # pylint: disable=g-import-not-at-top
   method = get_method_class('captioning')(config, pipeline.dataset_info(builder, data.name),
                                           total_steps=10, steps_per_epoch=1)
-  example = method.example_batch(config.data.input_shape)
+  example = method.synthetic_batch(1, config.data.input_shape, np.random.default_rng(0))
   variables = jax.eval_shape(method.init_variables, jax.random.key(0), example)
   memory = jax.eval_shape(lambda v, x: method.model.apply(v, x, method='encode'),
                           variables, example['image'])

@@ -112,23 +112,17 @@ class Method:
 
   # Shared machinery, which a method may override.
 
-  def example_batch(self, input_shape) -> Batch:
-    """A batch of one example with every field `init_variables` reads (zeros), to
-    rebuild a trained run's state outside the trainer (`vision_jax.inference`)."""
-    return {key: jnp.zeros((1, *input_shape), jnp.float32) for key in self.TRAIN_IMAGE_KEYS
-            } | {'label': jnp.zeros((1,), jnp.int32)}
-
   def synthetic_batch(self, batch_size: int, input_shape, rng: np.random.Generator
                       ) -> dict[str, np.ndarray]:
-    """A random training batch of `batch_size` examples, for the benchmark: a
-    standard-normal image in each of `TRAIN_IMAGE_KEYS` and uniform labels."""
-    if not self.data_info.num_classes:
-      raise config_lib.ConfigError(
-          f'method {self.config.method} trains on labels: the benchmark needs '
-          'data.num_classes to make synthetic batches')
+    """A random batch of `batch_size` examples with every field `init_variables` and
+    `loss` read, for the benchmark and for rebuilding a trained run's state outside the
+    trainer (`vision_jax.inference`): a standard-normal image in each of
+    `TRAIN_IMAGE_KEYS` and labels below `data_info.num_classes` (zeros without classes;
+    a method that needs classes refuses such a dataset when it is built)."""
     batch = {key: rng.standard_normal((batch_size, *input_shape), np.float32)
              for key in self.TRAIN_IMAGE_KEYS}
-    batch['label'] = rng.integers(0, self.data_info.num_classes, batch_size, dtype=np.int32)
+    batch['label'] = rng.integers(0, self.data_info.num_classes or 1, batch_size,
+                                  dtype=np.int32)
     return batch
 
   def make_optimizer(self, key: str = 'optimizer', schedule_key: str = 'schedule'

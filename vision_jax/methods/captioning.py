@@ -57,10 +57,6 @@ class Method(base.Method):
       raise ValueError(f'captioning: batch tokens have length {tokens.shape[1]}, the model '
                        f'max_len {self.max_len}; make tokenize(...) in the pp match it')
 
-  def example_batch(self, input_shape):
-    return {'image': jnp.zeros((1, *input_shape), jnp.float32),
-            'tokens': jnp.zeros((1, self.max_len), jnp.int32)}
-
   def synthetic_batch(self, batch_size, input_shape, rng):
     """Random images and token rows: bos, 1 to max_len - 2 random words, eos, padding."""
     vocab = text.Vocabulary
