@@ -71,3 +71,15 @@ def classifier_outputs(maps: dict[str, jax.Array], pre_logits: jax.Array,
     # model, e.g. for finite differences, keeps float64).
     maps['logits'] = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   return maps
+
+
+def spatial_grid(maps: dict[str, jax.Array], key: str | None = None) -> jax.Array:
+  """A backbone's spatial grid [B, H, W, D] among its `feature_maps`, for the heads that
+  attend over it (captioning decoders, VQA): `maps[key]`, by default a ViT's 'tokens' or
+  the last 'stage<k>' of a CNN."""
+  if key is None:
+    stages = sorted((k for k in maps if k.startswith('stage')), key=lambda k: int(k[5:]))
+    key = 'tokens' if 'tokens' in maps else stages[-1] if stages else None
+  if key not in maps:
+    raise ValueError(f'the image encoder has no feature map {key!r}; it has {sorted(maps)}')
+  return maps[key]

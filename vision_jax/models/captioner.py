@@ -37,18 +37,6 @@ DECODERS = ('rnn', 'attention', 'transformer')
 CELLS = {'lstm': nn.OptimizedLSTMCell, 'gru': nn.GRUCell}
 
 
-def image_grid(maps: dict[str, jax.Array], key: str | None) -> jax.Array:
-  """The encoder's spatial grid [B, H, W, D]: `maps[key]`, by default a ViT's 'tokens'
-  or the last 'stage<k>' of a CNN."""
-  if key is None:
-    stages = sorted((k for k in maps if k.startswith('stage')), key=lambda k: int(k[5:]))
-    key = 'tokens' if 'tokens' in maps else stages[-1] if stages else None
-  if key not in maps:
-    raise ValueError(f'captioner: the encoder has no feature map {key!r}; it has '
-                     f'{sorted(maps)}')
-  return maps[key]
-
-
 def _at_least_float32(x):
   """Softmaxes and logits in float32 under bfloat16, without rounding float64 down."""
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -154,7 +142,7 @@ class Model(nn.Module):
     num_heads: attention heads of the Transformer decoder.
     mlp_dim: the hidden width of its MLPs (4 * width when None).
     dropout_rate: dropout on the decoder's hidden states (training only).
-    grid_key: the encoder feature map attended over (`image_grid`'s default when None).
+    grid_key: the encoder feature map attended over (`models.spatial_grid`'s default when None).
     dtype: the computation dtype.
   """
   encoder: Any
@@ -206,7 +194,7 @@ class Model(nn.Module):
     maps = self.image_encoder.feature_maps(images, train=train)
     if self.decoder == 'rnn':
       return self.project(maps['pre_logits'])
-    grid = image_grid(maps, self.grid_key)
+    grid = models.spatial_grid(maps, self.grid_key)
     batch, height, width, features = grid.shape
     memory = self.project(grid.reshape(batch, height * width, features))
     if self.decoder == 'transformer':

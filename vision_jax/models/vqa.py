@@ -85,14 +85,6 @@ class QuestionEncoder(nn.Module):
     return (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
 
 
-def _last_spatial_map(maps: Mapping[str, jax.Array]) -> jax.Array:
-  """The deepest [N, H, W, C] map of a backbone's `feature_maps` (they come in order)."""
-  grids = [m for m in maps.values() if m.ndim == 4]
-  if not grids:
-    raise ValueError(f'the image encoder has no spatial map; its maps are {sorted(maps)}')
-  return grids[-1]
-
-
 class Model(nn.Module):
   """Answers a question about an image with logits over the answer vocabulary.
 
@@ -164,7 +156,7 @@ class Model(nn.Module):
         fused = fused * jnp.tanh(
             nn.Dense(self.hidden_dim, dtype=self.dtype, name='question_proj')(question))
     else:
-      grid = _last_spatial_map(image_maps)
+      grid = models.spatial_grid(image_maps)
       n, h, w, c = grid.shape
       tokens = nn.Dense(self.hidden_dim, dtype=self.dtype, name='grid_proj')(
           grid.reshape(n, h * w, c))
