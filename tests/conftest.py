@@ -78,6 +78,24 @@ def scenes_data_dir(tmp_path_factory):
   return root
 
 
+@pytest.fixture(scope='session')
+def scenes_video_data_dir(tmp_path_factory):
+  """A data dir holding a small `scenes_video` under its own name (40 training, 12 test
+  clips), so the video experiments run against it unchanged but with `data.data_dir`."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from vision_jax.data import scenes_video  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp('scenes_video_data'))
+  configs = scenes_video.ScenesVideo.builder_configs
+  original = configs['default']
+  configs['default'] = dataclasses.replace(original, num_train=40, num_validation=4,
+                                           num_test=12)
+  try:
+    scenes_video.ScenesVideo(config='default', data_dir=root).download_and_prepare()
+  finally:
+    configs['default'] = original
+  return root
+
+
 # Files whose tests share nothing costly run test by test on any worker (`make test`
 # uses `--dist loadgroup`); the autodiff contract keeps each model's cases together (they
 # share its compiled functions); every other file stays on one worker, with its module

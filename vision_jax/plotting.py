@@ -237,3 +237,44 @@ def attention_maps(rows, path: str, *, title: str = '', max_words: int = 12) -> 
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def clip_strips(clips: np.ndarray, labels: Sequence[str], path: str, *,
+                correct: Sequence[bool] | None = None, attention: np.ndarray | None = None,
+                title: str = '') -> None:
+  """Video clips [N, T, H, W, C], one row of frames each, with its label above (green
+  when right, red when wrong) and, given `attention` [N, T'] (weights over T' time
+  tokens, each covering T / T' frames), the weights as bars under the frames."""
+  count, num_frames = len(clips), clips.shape[1]
+  cell = 0.55
+  rows_per_clip = 2 if attention is not None else 1
+  ratios = ([1, 0.45] if attention is not None else [1]) * count
+  # Wide enough for the title at 9 points (about 0.075 inch a character).
+  width = max(cell * num_frames + 0.6, 0.075 * len(title) + 0.3, 4.0)
+  fig = plt.figure(figsize=(width, count * (cell + 0.3 + (0.3 if attention is not None else 0))
+                            + 0.5))
+  grid = fig.add_gridspec(count * rows_per_clip, num_frames, height_ratios=ratios,
+                          wspace=0.05, hspace=0.5, left=0.4 / width, right=1 - 0.1 / width,
+                          top=1 - 0.45 / fig.get_figheight(), bottom=0.02)
+  for i in range(count):
+    color = 'black' if correct is None else ('tab:green' if correct[i] else 'tab:red')
+    for t in range(num_frames):
+      ax = fig.add_subplot(grid[i * rows_per_clip, t])
+      ax.imshow(_displayable(clips[i, t]), cmap='gray', interpolation='nearest')
+      ax.axis('off')
+      if t == 0:
+        ax.set_title(labels[i], fontsize=8, color=color, loc='left')
+    if attention is not None:
+      ax = fig.add_subplot(grid[i * rows_per_clip + 1, :])
+      weights = np.asarray(attention[i], np.float32)
+      span = num_frames / len(weights)
+      ax.bar((np.arange(len(weights)) + 0.5) * span - 0.5, weights, width=span * 0.9,
+             color='tab:blue')
+      ax.set_xlim(-0.5, num_frames - 0.5)
+      ax.set_ylim(0, max(float(weights.max()), 1e-6) * 1.1)
+      ax.set_xticks([])
+      ax.tick_params(labelsize=6)
+  if title:
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / fig.get_figheight(), va='top')
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

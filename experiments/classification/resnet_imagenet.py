@@ -12,8 +12,9 @@ This is the torchvision / MLPerf-style recipe, which gives about 76-77% top-1 fo
 ResNet-50. `--config.classification.label_smoothing=0.1` adds label smoothing (Szegedy et al., 2016);
 `--config.compute_dtype=bfloat16` computes in bfloat16 on accelerators.
 
-`:depth=18` picks the depth; `:local` (e.g. `:depth=50,local`) is a seconds-long smoke
-run on `fake_images/imagenet2012` at 64x64 with a narrow network. The TFDS
+`:depth=18` picks the depth; `:local` is a seconds-long smoke run on
+`fake_images/imagenet2012` at 64x64 with a narrow network, a ResNet-18 unless a depth is
+given (`:depth=50,local`). The TFDS
 `imagenet2012` dataset must be prepared by hand (its files need a manual download)
 and is read from `--config.data.data_dir`.
 """
@@ -40,7 +41,7 @@ def get_config(arg=None):
   unknown = set(args) - {'depth', 'local'}
   if unknown:
     raise ValueError(f'unknown arguments {sorted(unknown)}; use depth=N and/or local')
-  depth = int(args.get('depth', 50))
+  depth = int(args.get('depth', 18 if 'local' in args else 50))
   if depth not in DEPTHS:
     raise ValueError(f'depth must be one of {DEPTHS}, got {depth}')
 

@@ -320,6 +320,19 @@ def test_temporal_crop():
   assert _run('temporal_subsample(4)', video)['video'][:, 0, 0, 2].tolist() == [0, 4, 8, 12]
 
 
+def test_temporal_clips_are_evenly_spaced_and_keep_frame_order():
+  video = {'video': tf.constant(_clip())}
+  out = _run('central_crop(6, key="video")|temporal_clips(3, 4, stride=2, outkey="image")',
+             video)['image']
+  assert out.shape == (3, 4, 6, 6, 3)
+  # Spans of 7 frames start at 0, (16 - 7) / 2 rounded and 16 - 7 = 9.
+  np.testing.assert_array_equal(out[:, :, 0, 0, 2], [[0, 2, 4, 6], [4, 6, 8, 10],
+                                                     [9, 11, 13, 15]])
+  _assert_same_for_all_frames(out.reshape(12, 6, 6, 3))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='needs 31 frames'):
+    _run('temporal_clips(2, 16, stride=2)', video)
+
+
 def test_decode_takes_encoded_frames():
   clip = _clip(frames=3)
   frames = tf.constant([generation.png(frame) for frame in clip])

@@ -152,6 +152,15 @@ VARIANTS = {
                          (2, 8, 8, 1), lambda x: (jnp.tile(jnp.array([[1, 4]]),
                                                            (x.shape[0], 1)),),
                          train_mode=False),
+    # R(2+1)D: both convolutions of the factorisation, with BatchNorm between them.
+    'video_resnet': Variant(dict(name='video_resnet', block='2plus1d', stage_sizes=(1,),
+                                 features=(16,), stem_features=8, stem_kernel=(3, 3, 3),
+                                 stem_strides=(1, 1, 1), strides=((2, 2, 2),),
+                                 num_classes=5), (2, 4, 4, 4, 1)),
+    # Spatial then temporal attention over 2 x 2 x 2 tubelets.
+    'vivit': Variant(dict(name='vivit', width=16, spatial_depth=1, temporal_depth=1,
+                          num_heads=2, patch_size=2, tubelet_frames=2, num_classes=5),
+                     (2, 4, 4, 4, 1), train_mode=False),
 }
 MODES = [pytest.param(name, train, id=f'{name}-{"train" if train else "eval"}')
          for name, variant in VARIANTS.items()

@@ -6,7 +6,8 @@
     machine is online;
   * an embedded dataset of this project (`digits`, `scenes/...`), prepared offline;
   * `folder:/path/to/root`, images in the TFDS ImageFolder layout
-    `root/<split>/<class>/<image>`;
+    `root/<split>/<class>/<image>`, or video clips `root/<split>/<class>/<clip>` (frame
+    folders, GIFs, video files; see `data.video_folder`), prepared on first use;
   * `coco_captions_json:/path/to/root`, captioned images in COCO's layout
     (`root/annotations/captions_<split>.json`, `root/<split>/<image>`; see
     `data.coco_captions`), prepared on first use.
@@ -116,6 +117,13 @@ def _get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     if not os.path.isdir(root):
       raise DatasetNotFoundError(
           f'image folder {root} does not exist; expected root/<split>/<class>/<image>')
+    from vision_jax.data import video_folder  # pylint: disable=g-import-not-at-top
+    if video_folder.is_video_folder(root):
+      builder = video_folder.get_builder(root, data_dir)
+      if builder.is_prepared():
+        return builder
+      _prepare_once(builder)
+      return video_folder.get_builder(root, data_dir)
     try:
       return tfds.folder_dataset.ImageFolder(root)
     except Exception as e:  # TFDS raises several types for malformed layouts.

@@ -1,8 +1,10 @@
 """Classification evaluator: loss, top-1, top-5, per-class accuracy, confusion matrix.
 
 Reads `data.split` of its data with the method's class scores (`pred`, 'predict' by
-default: logits or log-probabilities over the training classes). Figures, in
-`workdir/<name>/`: `predictions.png` (test images with predicted labels),
+default: logits or log-probabilities over the training classes; 'predict_views' for
+multi-clip or multi-crop evaluation, whose pp makes K views of each example). Figures,
+in `workdir/<name>/`: `predictions.png` (test images, or test clips as strips of frames,
+with predicted labels),
 `confusion_matrix.png` and `per_class_accuracy.json`.
 """
 
@@ -16,6 +18,9 @@ import numpy as np
 
 from vision_jax import config_lib, evaluators, losses, metrics, parallel, plotting
 from vision_jax.data.pipeline import MASK_KEY
+
+
+MAX_FIGURE_CLIPS = 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,11 +93,22 @@ class Evaluator(evaluators.Evaluator):
     keep, predicted = mask[:count], logits.argmax(-1)[:count]
     paths = [os.path.join(outdir, name) for name in (
         'predictions.png', 'confusion_matrix.png', 'per_class_accuracy.json')]
-    plotting.labelled_image_grid(
-        images[keep], [self.class_names[p] for p in predicted[keep]],
-        correct=(predicted == labels)[keep], path=paths[0],
-        title=f'{self.name}: {self.data_info.name} images with predicted labels '
-              f'(red: wrong), step {step}')
+    if self.config.pred == 'predict_views':
+      images = images[:, images.shape[1] // 2]  # The middle view stands for the others.
+    names = [self.class_names[p] for p in predicted[keep]]
+    if images.ndim == 5:  # Clips [N, T, H, W, C], a row of frames each.
+      plotting.clip_strips(
+          images[keep][:MAX_FIGURE_CLIPS],
+          [f'predicted: {p}   true: {self.class_names[t]}'
+           for p, t in zip(names, labels[keep])],
+          correct=(predicted == labels)[keep], path=paths[0],
+          title=f'{self.name}: {self.data_info.name} clips with predicted labels '
+                f'(red: wrong), step {step}')
+    else:
+      plotting.labelled_image_grid(
+          images[keep], names, correct=(predicted == labels)[keep], path=paths[0],
+          title=f'{self.name}: {self.data_info.name} images with predicted labels '
+                f'(red: wrong), step {step}')
     plotting.confusion_matrix(self._last_confusion, self.class_names, paths[1])
     with open(paths[2], 'w', encoding='utf-8') as f:
       json.dump(self.per_class_accuracy(), f, indent=1)
