@@ -8,6 +8,15 @@ temporal Transformer encoder mixes those, with a second class token, whose outpu
 classified. Attention is therefore spatial then temporal, and costs
 O((h w)^2 T' + T'^2) rather than O((h w T')^2). Position embeddings are learned, as in
 scenic's `projects/vivit`. The blocks are the ViT's (`models.transformer`).
+
+Where the factorisation lives: in two separate encoders, one after the other (the paper's
+model 2, "factorised encoder", a late fusion of time), not inside each block (model 3,
+"factorised self-attention", which alternates spatial and temporal attention in every
+block, as TimeSformer's divided attention does). Initialisation: everything from scratch
+with the ViT's initialisers (Xavier-uniform kernels, zero class tokens, position
+embeddings N(0, 0.02)). The paper starts the spatial encoder and the tubelet embedding
+from an image ViT ("central frame" inflation of the 2D patch kernel) and the temporal
+encoder from scratch; loading such weights is `config.init_from`'s work, not the model's.
 """
 
 from typing import Any
