@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import os
+import shutil
 
 import chex
 import flax.linen as nn
@@ -319,10 +320,14 @@ def test_attention_captioner_trains_evaluates_and_resumes(tmp_path, scenes_data_
                        str(tmp_path / 'missing.png')]) == 2
   assert 'missing.png cannot be read' in capsys.readouterr().err
 
-  # Interrupted after its checkpoint at step 3 and resumed: the same final weights.
+  # Interrupted after its checkpoint at step 3 and resumed: the same final weights. The
+  # run's own step-3 checkpoint, alone in a fresh workdir, is that interruption; the
+  # resumed run skips the evaluation, which the weights do not depend on.
   resumed = str(tmp_path / 'resumed')
-  train.train_and_evaluate(
-      local_config(scenes_data_dir, 'attention', total_steps='3', **constant), resumed)
+  shutil.copytree(tmp_path / 'run' / 'checkpoints' / '3',
+                  os.path.join(resumed, 'checkpoints', '3'))
+  assert checkpointing.saved_steps(resumed) == [3]
+  config.evals = {}
   train.train_and_evaluate(config, resumed)
   chex.assert_trees_all_close(checkpointing.read_latest(resumed)['params'],
                               checkpointing.read_latest(str(tmp_path / 'run'))['params'],

@@ -17,14 +17,23 @@ RESNET_CIFAR10 = os.path.join(EXPERIMENTS, 'resnet_cifar10.py')
 RESNET_IMAGENET = os.path.join(EXPERIMENTS, 'resnet_imagenet.py')
 
 
-@pytest.mark.parametrize('spec, num_eval_examples', [
-    (CNN_MNIST + ':local', 360),  # digits' test split
-    (RESNET_CIFAR10 + ':local', 256),  # fake_images/cifar10's test split
-    (RESNET_IMAGENET + ':local', 128),  # fake_images/imagenet2012's validation split
+# Figures of a few images: the evaluation's metrics are what is checked.
+FEW_FIGURE_IMAGES = {'evals.eval.num_figure_images': '4'}
+
+
+@pytest.mark.parametrize('spec, num_eval_examples, overrides', [
+    (CNN_MNIST + ':local', 360, {}),  # digits' test split
+    (RESNET_CIFAR10 + ':local', 256, {}),  # fake_images/cifar10's test split
+    # fake_images/imagenet2012's validation split; the ResNet-18 at half its local width
+    # and two steps (its step at 64x64 is the slowest of the three to compile and run).
+    (RESNET_IMAGENET + ':local', 128, {'model.num_filters': '4', 'total_steps': '2',
+                                       'checkpoint_every_steps': '2'}),
 ])
-def test_local_mode_trains_and_evaluates(tmp_path, data_dir, spec, num_eval_examples):
+def test_local_mode_trains_and_evaluates(tmp_path, data_dir, spec, num_eval_examples,
+                                         overrides):
   config = config_lib.load_config(spec)
-  config_lib.apply_overrides(config, {'data.data_dir': data_dir})
+  config_lib.apply_overrides(config, {'data.data_dir': data_dir, **FEW_FIGURE_IMAGES,
+                                      **overrides})
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['eval/num_examples'] == num_eval_examples
   assert np.isfinite(results['eval/loss'])

@@ -135,7 +135,12 @@ def cheap_probes(config):
 @pytest.fixture(scope='module')
 def simclr_run(tmp_path_factory, data_dir):
   config = cheap_probes(config_lib.load_config(os.path.join(EXPERIMENTS, 'simclr_mnist.py:local')))
-  config_lib.apply_overrides(config, {'data.data_dir': data_dir})
+  # Two steps, evaluated once at the end.
+  config_lib.apply_overrides(config, {'data.data_dir': data_dir, 'total_steps': '2',
+                                      'eval_every_steps': '2', 'checkpoint_every_steps': '2'})
+  for evaluator in config.evals.values():  # Half the training split: more than knn_k.
+    with evaluator.unlocked():
+      evaluator.train_split = 'train[:50%]'
   workdir = str(tmp_path_factory.mktemp('simclr'))
   return config, workdir, train.train_and_evaluate(config, workdir)
 

@@ -45,6 +45,13 @@ def test_layer_rows_and_flops_match_closed_forms():
   assert total_flops >= sum(r.flops for r in rows if len(r.path) == 1)
 
 
+def test_clip_vit_b32_has_openais_parameter_count(capsys):
+  # No vocabulary file and no class count are needed to build the model.
+  lines = run(capsys, '--config', os.path.join(REPO, 'experiments/vision_language/clip_vit_b32.py'),
+              '--no_flops', '--depth', '1')
+  assert lines[-1] == 'total params: 151,277,313'
+
+
 def test_depth_limits_rows_and_missing_fields_are_named(capsys):
   lines = run(capsys, '--config', os.path.join(EXPERIMENTS, 'resnet_cifar10.py:local'),
               '--depth', '0')

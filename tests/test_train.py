@@ -72,9 +72,11 @@ def launch(args, env_extra=None, every_process_reports=False, **kwargs):
 
 
 def test_eight_devices_equal_one_device(tmp_path, data_dir):
-  # BatchNorm makes this check synchronised batch statistics too.
-  config = tiny_config(data_dir, **{'total_steps': 6, 'model.use_batchnorm': True,
-                                    'model.dropout_rate': 0.0})
+  # BatchNorm makes this check synchronised batch statistics too. Four steps and the
+  # final evaluation (the one compared), with a small figure.
+  config = tiny_config(data_dir, **{'total_steps': 4, 'model.use_batchnorm': True,
+                                    'model.dropout_rate': 0.0, 'checkpoint_every_steps': 4,
+                                    'evals.eval.num_figure_images': 4})
   one = train.train_and_evaluate(config, str(tmp_path / 'one'), num_devices=1)
   eight = train.train_and_evaluate(config, str(tmp_path / 'eight'), num_devices=8)
   chex.assert_trees_all_close(final_params(tmp_path / 'one'), final_params(tmp_path / 'eight'),
@@ -162,7 +164,9 @@ def _wait_for_checkpoint(workdir, step, process, timeout=240):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
-  overrides = {'total_steps': 1000, 'checkpoint_every_steps': 20, 'log_every_steps': 20,
+  # 80 steps still to go when the kill lands: several seconds of training, while the kill
+  # follows the step-40 checkpoint within a poll.
+  overrides = {'total_steps': 120, 'checkpoint_every_steps': 20, 'log_every_steps': 20,
                'eval_every_steps': 0, 'keep_checkpoints': 2}
   reference = train.train_and_evaluate(tiny_config(data_dir, **overrides),
                                        str(tmp_path / 'reference'))
@@ -174,7 +178,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
   process.wait()
   assert process.returncode == -signal.SIGKILL
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
-  assert 40 <= steps[-1] < 1000, steps
+  assert 40 <= steps[-1] < 120, steps
   process = launch(args)
   output, _ = process.communicate(timeout=300)
   assert process.returncode == 0, output
@@ -184,9 +188,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
   workdir = str(tmp_path)
-  process = launch(['--config', CNN_DIGITS + ':local', '--workdir', workdir,
-                    f'--config.data.data_dir={data_dir}', '--config.total_steps=100000',
-                    '--config.checkpoint_every_steps=20', '--config.log_every_steps=20'])
+  # The narrow network without periodic evaluation: the run is start-up and a few steps.
+  process = launch(tiny_args(workdir, data_dir, total_steps=100000, checkpoint_every_steps=20,
+                             log_every_steps=20, eval_every_steps=0))
   _wait_for_checkpoint(workdir, 20, process)
   process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=120)
@@ -198,10 +202,9 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path, digits_data_dir):
   workdir = str(tmp_path)
-  args = ['--config', CNN_DIGITS + ':local', '--workdir', workdir,
-          f'--coordinator_address=127.0.0.1:{_free_port()}', '--num_processes=2',
-          f'--config.data.data_dir={digits_data_dir}', '--config.total_steps=100000',
-          '--config.checkpoint_every_steps=20', '--config.log_every_steps=5']
+  args = tiny_args(workdir, digits_data_dir, total_steps=100000, checkpoint_every_steps=20,
+                   log_every_steps=5, eval_every_steps=0) + [
+                       f'--coordinator_address=127.0.0.1:{_free_port()}', '--num_processes=2']
   env = {'XLA_FLAGS': os.environ['XLA_FLAGS'].replace('device_count=8', 'device_count=1')}
   processes = [launch(args + [f'--process_id={i}'], env, every_process_reports=True)
                for i in range(2)]
@@ -265,9 +268,9 @@ def _free_port():
 def test_two_process_distributed_run_matches_one_process(tmp_path, data_dir):
   # Full-batch steps without random augmentation or dropout: every step sees the same
   # examples whichever process reads them, so both runs must agree.
-  overrides = {'data.train_split': 'train[:1024]', 'batch_size': 1024, 'total_steps': 5,
+  overrides = {'data.train_split': 'train[:256]', 'batch_size': 256, 'total_steps': 3,
                'data.pp_train': 'decode|value_range(0, 1)', 'model.dropout_rate': 0.0,
-               'checkpoint_every_steps': 5, 'log_every_steps': 1}
+               'checkpoint_every_steps': 3, 'log_every_steps': 1}
   reference = train.train_and_evaluate(tiny_config(data_dir, **overrides),
                                        str(tmp_path / 'one'))
   workdir = str(tmp_path / 'two')

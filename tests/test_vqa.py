@@ -90,7 +90,8 @@ def test_vqa_accuracy_on_hand_cases():
 @pytest.fixture(scope='module')
 def tiny_multi(tmp_path_factory):
   """A small `scenes/multi` (the real config, shrunk), prepared once for this module."""
-  tiny = scenes.ScenesConfig(name='multi', num_train=64, num_validation=8, num_test=21)
+  # Test scenes derive from (seed, split, index): fewer training scenes leave them as they are.
+  tiny = scenes.ScenesConfig(name='multi', num_train=16, num_validation=8, num_test=21)
   saved = scenes.Scenes.builder_configs['multi']
   scenes.Scenes.builder_configs['multi'] = tiny  # TFDS memoizes the configs by name.
   data_dir = str(tmp_path_factory.mktemp('vqa_scenes'))
@@ -111,6 +112,10 @@ def test_local_mode_trains_counts_each_question_once_by_type_and_draws_answers(
   with config.unlocked():
     config.evals.eval.human_answers = 'answer'
   config.evals.eval.batch_size = 40  # 126 rows: a padded last batch
+  # Two steps and the final evaluation only: compiling is what costs.
+  config_lib.apply_overrides(config, {'total_steps': '2', 'checkpoint_every_steps': '2',
+                                      'eval_every_steps': '0',
+                                      'evals.eval.num_figure_images': '2'})
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['eval/num_examples'] == 21 * 6  # 21 test scenes, 6 questions each
   assert np.isfinite(results['eval/loss']) and 0 <= results['eval/accuracy'] <= 1

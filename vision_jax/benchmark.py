@@ -230,6 +230,10 @@ def torch_step(config, info: pipeline.DatasetInfo) -> Callable[[], None] | None:
   if config.method == 'captioning':
     return benchmark_torch.make_captioning_step(
         config, shape, len(info.metadata['vocabulary']), config.batch_size)
+  if config.method == 'clip':
+    # The method's own vocabulary size: the config's, or the made-up vocabulary's.
+    vocab_size = config.model.get('vocab_size') or len(info.metadata['vocabulary'])
+    return benchmark_torch.make_clip_step(config, shape, vocab_size, config.batch_size)
   return benchmark_torch.make_train_step(config, shape, info.num_classes, config.batch_size)
 
 

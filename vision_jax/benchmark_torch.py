@@ -1,12 +1,14 @@
 """PyTorch eager twins of the benchmarked models and steps, for like-for-like timings.
 
 Each twin has the layers, shapes, initial BatchNorm settings and optimizer of its Flax
-model (`vision_jax/models/{cnn,cifar_resnet,resnet,unet,captioner}.py`), so a training
-step does the same arithmetic. The step follows `config.method`: 'classification'
-(cross-entropy) or 'diffusion' (`vision_jax.methods.diffusion`'s L_simple on the U-Net,
-with label dropout, gradient clipping and the parameter EMA when the config has them)
-by `make_train_step`, and 'captioning' (teacher-forced cross-entropy on the Transformer
-captioner) by `make_captioning_step`. Only
+model (`vision_jax/models/{cnn,cifar_resnet,resnet,unet,vit,captioner,clip}.py`), so a
+training step does the same arithmetic. The step follows `config.method`:
+'classification' (cross-entropy, with the config's label smoothing and gradient
+clipping) or 'diffusion' (`vision_jax.methods.diffusion`'s L_simple on the U-Net, with
+label dropout, gradient clipping and the parameter EMA when the config has them) by
+`make_train_step`, 'captioning' (teacher-forced cross-entropy on the Transformer
+captioner) by `make_captioning_step`, and 'clip' (the symmetric contrastive loss of
+`losses.clip_loss` on the two towers) by `make_clip_step`. Only
 `vision_jax.benchmark --torch` imports this module; PyTorch is not a dependency of the
 project.
 """
@@ -20,9 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vision_jax import losses
 from vision_jax.data import text
 from vision_jax.methods import diffusion
-from vision_jax.models import transformer, unet
+from vision_jax.models import clip, transformer, unet, vit
 
 
 def _bn(features: int) -> nn.BatchNorm2d:
@@ -391,7 +394,9 @@ class CaptionerCNN(nn.Module):
 
 
 class CaptionAttention(nn.Module):
-  """`models/captioner.py: _Attention`: query, key, value and out projections."""
+  """`models/captioner.py: _Attention`: query, key, value and out projections, each with
+  a bias; also the twin of Flax's `MultiHeadDotProductAttention` (the same four
+  projections, whose [width, heads, d] kernels hold width * width weights)."""
 
   def __init__(self, width: int, num_heads: int):
     super().__init__()
@@ -483,6 +488,184 @@ class TransformerCaptioner(nn.Module):
     return self.logits(self.final_norm(x))
 
 
+# The Vision Transformer and CLIP. Submodules carry the Flax modules' names
+# (`Transformer.encoderblock_0.MultiHeadDotProductAttention_0.query`), so parameter
+# counts compare layer by layer.
+
+class EncoderBlock(nn.Module):
+  """`models/transformer.py: EncoderBlock`: x + MHA(LN(x)), then x + MLP(LN(x)), exact
+  GELU, dropout on each residual branch."""
+
+  def __init__(self, width: int, num_heads: int, mlp_dim: int, dropout_rate: float,
+               attention_dropout_rate: float):
+    super().__init__()
+    if attention_dropout_rate:
+      # Dropout on the attention weights needs them materialised, which is another
+      # computation than the fused attention timed here.
+      raise ValueError('the PyTorch encoder twin has no attention dropout; got '
+                       f'attention_dropout_rate {attention_dropout_rate}')
+    self.LayerNorm_0 = _layer_norm(width)
+    self.MultiHeadDotProductAttention_0 = CaptionAttention(width, num_heads)
+    self.LayerNorm_1 = _layer_norm(width)
+    self.MlpBlock_0 = nn.Sequential(
+        nn.Linear(width, mlp_dim), nn.GELU(), nn.Dropout(dropout_rate),
+        nn.Linear(mlp_dim, width), nn.Dropout(dropout_rate))
+    self.dropout = nn.Dropout(dropout_rate)
+
+  def forward(self, x, causal: bool = False):
+    h = self.LayerNorm_0(x)
+    x = x + self.dropout(self.MultiHeadDotProductAttention_0(h, h, causal=causal))
+    return x + self.MlpBlock_0(self.LayerNorm_1(x))
+
+
+class Encoder(nn.Module):
+  """`models/transformer.py: Encoder`: blocks 'encoderblock_{i}', then 'encoder_norm'."""
+
+  def __init__(self, width: int, num_layers: int, num_heads: int, mlp_dim: int,
+               dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0):
+    super().__init__()
+    self.blocks = [f'encoderblock_{i}' for i in range(num_layers)]
+    for name in self.blocks:
+      self.add_module(name, EncoderBlock(width, num_heads, mlp_dim, dropout_rate,
+                                         attention_dropout_rate))
+    self.encoder_norm = _layer_norm(width)
+
+  def forward(self, x, causal: bool = False):
+    for name in self.blocks:
+      x = getattr(self, name)(x, causal)
+    return self.encoder_norm(x)
+
+
+class ViT(nn.Module):
+  """`models/vit.py: Model`: patch embedding, class token and position embeddings,
+  optional pre-norm, encoder, 'cls' or 'gap' pooling, optional tanh pre-logits, head;
+  forward(images) -> logits, or the pooled features of a headless (num_classes None)
+  model."""
+
+  def __init__(self, in_channels: int, image_size: tuple[int, int], num_classes: int | None,
+               **kwargs):
+    super().__init__()
+    kwargs.pop('sow_attention_weights', None)  # Figures only.
+    flax_model = vit.Model(**kwargs, num_classes=num_classes)
+    sizes = flax_model.sizes()  # The Flax model's own reading of variant and overrides.
+    if flax_model.pool not in vit.POOLS or flax_model.posemb not in vit.POSEMBS:
+      raise ValueError(f'ViT pool must be one of {vit.POOLS} and posemb one of '
+                       f'{vit.POSEMBS}, got {flax_model.pool!r} and {flax_model.posemb!r}')
+    patch, width = sizes['patch_size'], sizes['width']
+    height, image_width = image_size
+    if height % patch[0] or image_width % patch[1]:
+      raise ValueError(f'ViT image size {height}x{image_width} is not a multiple of the '
+                       f'patch size {patch[0]}x{patch[1]}')
+    grid = (height // patch[0], image_width // patch[1])
+    self.class_token = flax_model.pool == 'cls'
+    self.learned_posemb = flax_model.posemb == 'learn'
+    self.embedding = nn.Conv2d(in_channels, width, patch, stride=patch,
+                               bias=flax_model.patch_bias)
+    if self.class_token:
+      self.cls = nn.Parameter(torch.zeros(1, 1, width))
+    if self.learned_posemb:
+      tokens = grid[0] * grid[1] + self.class_token
+      self.pos_embedding = nn.Parameter(0.02 * torch.randn(1, tokens, width))
+    else:
+      self.register_buffer('pos_embedding', torch.from_numpy(np.array(
+          transformer.sincos_2d(*grid, width), np.float32)), persistent=False)
+    self.pre_norm = _layer_norm(width) if flax_model.pre_norm else None
+    self.dropout = nn.Dropout(flax_model.dropout_rate)
+    self.Transformer = Encoder(width, sizes['depth'], sizes['num_heads'], sizes['mlp_dim'],
+                               flax_model.dropout_rate, flax_model.attention_dropout_rate)
+    features = flax_model.representation_size
+    self.pre_logits = nn.Linear(width, features) if features is not None else None
+    self.features = features if features is not None else width
+    self.head = nn.Linear(self.features, num_classes) if num_classes is not None else None
+
+  def forward(self, x):
+    # [B, D, h, w] -> [B, h*w, D]: a view of a channels-last map, as Flax's NHWC.
+    x = self.embedding(x).permute(0, 2, 3, 1).flatten(1, 2)
+    with_class_token = lambda x: torch.cat(  # noqa: E731
+        [self.cls.expand(x.shape[0], -1, -1), x], dim=1) if self.class_token else x
+    if self.learned_posemb:
+      x = with_class_token(x) + self.pos_embedding
+    else:
+      # The fixed embeddings cover the patches only; the class token gets none.
+      x = with_class_token(x + self.pos_embedding)
+    if self.pre_norm is not None:
+      x = self.pre_norm(x)
+    x = self.Transformer(self.dropout(x))
+    x = x[:, 0] if self.class_token else x.mean(dim=1)
+    if self.pre_logits is not None:
+      x = torch.tanh(self.pre_logits(x))
+    return self.head(x) if self.head is not None else x
+
+
+def end_of_text_positions(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+  """`models/clip.py: end_of_text_positions`: [B] positions of each row's first eos,
+  or of its last non-padding token when it has none."""
+  is_eos = tokens == eos_id
+  last_real = ((tokens != pad_id).sum(-1) - 1).clamp(min=0)
+  return torch.where(is_eos.any(-1), is_eos.int().argmax(-1), last_real)
+
+
+class TextTransformer(nn.Module):
+  """`models/clip.py: TextTransformer`: token embedding, learned positions, the causal
+  encoder, read at the end-of-text token: forward(tokens [B, L]) -> [B, width]."""
+
+  def __init__(self, vocab_size: int, width: int, depth: int, num_heads: int,
+               mlp_dim: int | None, max_len: int, eos_id: int, pad_id: int):
+    super().__init__()
+    if width % num_heads:
+      raise ValueError(f'text width {width} is not a multiple of text_heads {num_heads}')
+    self.max_len, self.eos_id, self.pad_id = max_len, eos_id, pad_id
+    self.token_embedding = nn.Embedding(vocab_size, width)
+    nn.init.normal_(self.token_embedding.weight, std=0.02)
+    self.positions = nn.Parameter(0.01 * torch.randn(max_len, width))
+    self.Transformer = Encoder(width, depth, num_heads, mlp_dim or 4 * width)
+
+  def forward(self, tokens):
+    if tokens.ndim != 2 or tokens.shape[1] > self.max_len:
+      raise ValueError(f'CLIP text tower: tokens must be [batch, length <= {self.max_len}], '
+                       f'got shape {tuple(tokens.shape)}')
+    x = self.token_embedding(tokens) + self.positions[:tokens.shape[1]]
+    x = self.Transformer(x, causal=True)
+    ends = end_of_text_positions(tokens, self.eos_id, self.pad_id)
+    return x[torch.arange(x.shape[0]), ends]
+
+
+class CLIP(nn.Module):
+  """`models/clip.py: Model` with a ViT image tower: forward(images, tokens) ->
+  (image_embeddings, text_embeddings, logit_scale), the embeddings L2-normalised."""
+
+  def __init__(self, in_channels: int, image_size: tuple[int, int], vocab_size: int, *,
+               image: dict[str, Any], max_len=77, text_width=512, text_depth=12,
+               text_heads=8, text_mlp_dim=None, embed_dim=512,
+               logit_scale_init=clip.LOGIT_SCALE_INIT, eos_id=text.Vocabulary.eos_id,
+               pad_id=text.Vocabulary.pad_id):
+    super().__init__()
+    image = dict(image)
+    if image.get('name') != 'vit':
+      raise ValueError("the PyTorch CLIP twin has a 'vit' image tower; got "
+                       f"{image.get('name')!r}")
+    image_kwargs = {k: v for k, v in image.items()
+                    if k not in ('name', 'dtype', 'cpu_kernels', 'num_classes')}
+    self.image_encoder = ViT(in_channels, image_size, None, **image_kwargs)
+    self.image_projection = nn.Linear(self.image_encoder.features, embed_dim, bias=False)
+    self.text_encoder = TextTransformer(vocab_size, text_width, text_depth, text_heads,
+                                        text_mlp_dim, max_len, eos_id, pad_id)
+    self.text_projection = nn.Linear(text_width, embed_dim, bias=False)
+    self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+
+  def forward(self, images, tokens):
+    image_embeddings = F.normalize(self.image_projection(self.image_encoder(images)), dim=-1)
+    text_embeddings = F.normalize(self.text_projection(self.text_encoder(tokens)), dim=-1)
+    return image_embeddings, text_embeddings, self.logit_scale
+
+
+def build_clip(model_kwargs: dict[str, Any], input_shape, vocab_size: int) -> CLIP:
+  """The twin of `vision_jax.models.clip.Model(**model_kwargs, vocab_size=...)`."""
+  height, width, channels = input_shape
+  kwargs = {k: v for k, v in model_kwargs.items() if k != 'vocab_size'}
+  return CLIP(channels, (height, width), vocab_size, **kwargs)
+
+
 def build_captioner(model_kwargs: dict[str, Any], input_shape,
                     vocab_size: int) -> TransformerCaptioner:
   """The twin of `vision_jax.models.captioner.Model(**model_kwargs, vocab_size=...)`."""
@@ -505,7 +688,10 @@ def build_model(name: str, kwargs: dict[str, Any], input_shape,
     return CifarResNet(channels, num_classes, **kwargs)
   if name == 'resnet':
     return ResNet(channels, num_classes, **kwargs)
-  raise ValueError(f'no PyTorch twin of model {name!r} (have cnn, cifar_resnet, resnet, unet)')
+  if name == 'vit':
+    return ViT(channels, (height, width), num_classes, **kwargs)
+  raise ValueError(
+      f'no PyTorch twin of model {name!r} (have cnn, cifar_resnet, resnet, unet, vit)')
 
 
 def _param_groups(model: nn.Module, weight_decay: float, weights_only: bool):
@@ -537,23 +723,41 @@ def _model_kwargs(model_config) -> dict[str, Any]:
   return {k: v for k, v in model_config.items() if k not in ('name', 'dtype', 'cpu_kernels')}
 
 
+def _gradient_clipper(model: nn.Module, opt_config) -> Callable[[], None]:
+  """Clips the gradients to `grad_clip_norm` in global norm, as `optim.py`; a no-op
+  when the config sets none."""
+  clip_norm = opt_config.get('grad_clip_norm')
+  params = list(model.parameters())
+
+  def clip_gradients():
+    if clip_norm:
+      torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
+
+  return clip_gradients
+
+
 def _classification_step(config, input_shape, num_classes: int, batch_size: int,
-                         memory_format) -> Callable[[], None]:
-  """Cross-entropy on the classifier twin (`methods/classification.py`)."""
+                         memory_format) -> Callable[[], torch.Tensor]:
+  """Cross-entropy on the classifier twin (`methods/classification.py`), with the
+  config's `classification.label_smoothing` and gradient clipping; returns the loss."""
   model = build_model(config.model.name, _model_kwargs(config.model), input_shape,
                       num_classes)
   model = model.to(memory_format=memory_format).train()
   optimizer = make_optimizer(model, config.optimizer, config.lr)
+  clip_gradients = _gradient_clipper(model, config.optimizer)
   height, width, channels = input_shape
   images = torch.randn(batch_size, channels, height, width).to(memory_format=memory_format)
   labels = torch.randint(0, num_classes, (batch_size,))
-  smoothing = config.get('label_smoothing', 0.0)
+  options = dict(config.get('classification') or {})
+  smoothing = options.get('label_smoothing', 0.0)
 
   def step():
     optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(images), labels, label_smoothing=smoothing)
     loss.backward()
+    clip_gradients()
     optimizer.step()
+    return loss.detach()
 
   return step
 
@@ -625,12 +829,13 @@ def _setup(config, channels_last: bool):
 
 
 def make_train_step(config, input_shape, num_classes: int, batch_size: int,
-                    channels_last: bool = True) -> Callable[[], None]:
+                    channels_last: bool = True) -> Callable[[], torch.Tensor]:
   """A closure running one eager training step of `config.method`, a method trained on
-  images and labels, on a fixed random batch."""
+  images and labels, on a fixed random batch; the step returns its loss."""
   method = config.get('method', 'classification')
   if method not in _STEPS:
-    hint = '; its twin is make_captioning_step' if method == 'captioning' else ''
+    hint = {'captioning': '; its twin is make_captioning_step',
+            'clip': '; its twin is make_clip_step'}.get(method, '')
     raise ValueError(f'no PyTorch twin of the training step of method {method!r} '
                      f'(have {", ".join(_STEPS)}){hint}')
   memory_format = _setup(config, channels_last)
@@ -681,6 +886,46 @@ def make_captioning_step(config, input_shape, vocab_size: int, batch_size: int,
     loss.backward()
     for p, zero in zip(unread, zeros):
       p.grad = zero
+    optimizer.step()
+    return loss.detach()
+
+  return step
+
+
+def clip_loss(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
+              logit_scale: torch.Tensor) -> torch.Tensor:
+  """`losses.clip_loss`: the symmetric cross-entropy of min(exp(t), 100) I_e T_e^T over
+  the L2-normalised embeddings, the diagonal being the target."""
+  images = F.normalize(image_embeddings, dim=-1)
+  texts = F.normalize(text_embeddings, dim=-1)
+  # Clipping the scale, not the parameter: above ln(100) its gradient is zero.
+  scale = torch.clamp(logit_scale.exp(), max=losses.MAX_LOGIT_SCALE)
+  logits = scale * images @ texts.T
+  targets = torch.arange(logits.shape[0])
+  return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def make_clip_step(config, input_shape, vocab_size: int, batch_size: int,
+                   channels_last: bool = True) -> Callable[[], torch.Tensor]:
+  """`methods/clip.py: Method.loss` on the CLIP twin, one eager step of
+  `config.optimizer` per call on a fixed random batch of images and token rows (as
+  `Method.synthetic_batch` makes them); the step returns its loss."""
+  if config.get('method') != 'clip':
+    raise ValueError(f"make_clip_step is for method 'clip', not {config.get('method')!r}")
+  memory_format = _setup(config, channels_last)
+  model = build_clip(_model_kwargs(config.model), input_shape, vocab_size)
+  model = model.to(memory_format=memory_format).train()
+  optimizer = make_optimizer(model, config.optimizer, config.lr)
+  clip_gradients = _gradient_clipper(model, config.optimizer)
+  height, width, channels = input_shape
+  images = torch.randn(batch_size, channels, height, width).to(memory_format=memory_format)
+  tokens = random_tokens(batch_size, config.model.max_len, vocab_size)
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = clip_loss(*model(images, tokens))
+    loss.backward()
+    clip_gradients()
     optimizer.step()
     return loss.detach()
 

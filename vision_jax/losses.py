@@ -4,6 +4,11 @@ import jax
 import jax.numpy as jnp
 
 
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+  """x / |x| along `axis`; the floor only guards an all-zero row, which stays zero."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-24))
+
+
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
                           label_smoothing: float = 0.0) -> jax.Array:
   """Per-example cross-entropy with integer labels and optional label smoothing.
@@ -32,10 +37,42 @@ def nt_xent(z: jax.Array, temperature: float) -> jax.Array:
   if z.ndim != 2 or z.shape[0] % 2:
     raise ValueError(f'nt_xent needs z of shape [2N, D] (two views per image), got {z.shape}')
   z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
-  # Cosine similarity; the floor only guards an all-zero projection.
-  z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-24))
+  z = l2_normalize(z)  # cosine similarity
   logits = z @ z.T / temperature
   rows = jnp.arange(z.shape[0])
   logits = jnp.where(rows[:, None] == rows[None, :], -jnp.inf, logits)  # k != i
   positives = logits[rows, rows ^ 1]  # the other view: 2k <-> 2k + 1
   return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positives)
+
+
+MAX_LOGIT_SCALE = 100.0
+
+
+def clip_loss(image_embeddings: jax.Array, text_embeddings: jax.Array,
+              logit_scale: jax.Array) -> jax.Array:
+  """CLIP's symmetric cross-entropy (Radford et al. 2021, figure 3), a scalar.
+
+  Row i of `image_embeddings` [N, D] and of `text_embeddings` [N, D] are a matching
+  pair; both are L2-normalised here (a no-op on CLIP's normalised embeddings). With
+  `logit_scale` t the log inverse temperature, the logits are
+  min(exp(t), 100) I_e T_e^T [N, N], and the loss is the mean of the cross-entropy of
+  each image over the texts (rows) and of each text over the images (columns), the
+  diagonal being the target. Under `jax.jit` with the embeddings sharded over
+  devices the matrix is global: the negatives are the whole global batch of every
+  device and process, and the loss (so the gradient) is that of one device holding
+  the global batch.
+  """
+  if image_embeddings.ndim != 2 or image_embeddings.shape != text_embeddings.shape:
+    raise ValueError('clip_loss needs image and text embeddings of one shape [N, D], got '
+                     f'{image_embeddings.shape} and {text_embeddings.shape}')
+  dtype = jnp.promote_types(image_embeddings.dtype, jnp.float32)
+  images = l2_normalize(image_embeddings.astype(dtype))
+  texts = l2_normalize(text_embeddings.astype(dtype))
+  # Clipping the scale, not the parameter: above ln(100) its gradient is zero, so it
+  # stops climbing (OpenAI clamps the parameter after each step to the same effect).
+  scale = jnp.minimum(jnp.exp(logit_scale.astype(dtype)), MAX_LOGIT_SCALE)
+  logits = scale * images @ texts.T
+  diagonal = jnp.diagonal(logits)
+  image_to_text = jax.nn.logsumexp(logits, axis=1) - diagonal
+  text_to_image = jax.nn.logsumexp(logits, axis=0) - diagonal
+  return (jnp.mean(image_to_text) + jnp.mean(text_to_image)) / 2

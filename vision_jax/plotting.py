@@ -278,3 +278,72 @@ def clip_strips(clips: np.ndarray, labels: Sequence[str], path: str, *,
     fig.suptitle(title, fontsize=9, y=1 - 0.1 / fig.get_figheight(), va='top')
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def top_k_bars(images: np.ndarray, names: Sequence[Sequence[str]], scores: np.ndarray,
+               true_names: Sequence[str], path: str, *, title: str = '',
+               columns: int = 3) -> None:
+  """Each image beside horizontal bars of its top-k classes (`names[i]`, best first,
+  with `scores[i]` in [0, 1]); the true class's bar is green, the others grey, and the
+  true class is written under the image."""
+  count, k = len(images), len(names[0]) if len(names) else 0
+  rows = max(1, math.ceil(count / columns))
+  fig = plt.figure(figsize=(5.0 * columns, 1.6 * rows + 0.6))
+  # Per image: the image, a gap for the bars' class names, the bars.
+  grid = fig.add_gridspec(rows, 3 * columns, width_ratios=[1, 0.8, 1.5] * columns,
+                          wspace=0.05, hspace=0.55, left=0.02, right=0.98,
+                          top=1 - 0.55 / fig.get_figheight(), bottom=0.2 / fig.get_figheight())
+  for i in range(count):
+    row, column = divmod(i, columns)
+    ax = fig.add_subplot(grid[row, 3 * column])
+    ax.imshow(_displayable(images[i]), cmap='gray', interpolation='nearest')
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f'true: {true_names[i]}', fontsize=8)
+    bars = fig.add_subplot(grid[row, 3 * column + 2])
+    colors = ['tab:green' if n == true_names[i] else 'tab:gray' for n in names[i]]
+    bars.barh(np.arange(k), scores[i], color=colors)
+    bars.set_yticks(np.arange(k), names[i], fontsize=8)
+    bars.invert_yaxis()  # best at the top
+    bars.set_xlim(0, 1)
+    bars.tick_params(axis='x', labelsize=7)
+    for side in ('top', 'right'):
+      bars.spines[side].set_visible(False)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def similarity_matrix(similarity: np.ndarray, images: np.ndarray, texts: Sequence[str],
+                      path: str, *, title: str = '', width_chars: int = 48) -> None:
+  """A matrix of image-text similarities [texts, images] (the cosines of a test batch),
+  the images along the top and the texts down the left, each cell with its value."""
+  import textwrap  # pylint: disable=g-import-not-at-top
+  num_texts, num_images = similarity.shape
+  cell = 0.75
+  label_width = 0.065 * min(width_chars, max(len(t) for t in texts)) + 0.3
+  width = label_width + cell * num_images + 1.0
+  height = cell * (num_texts + 1) + 0.9
+  fig = plt.figure(figsize=(width, height))
+  left, bottom = label_width / width, 0.25 / height
+  matrix_w, matrix_h = cell * num_images / width, cell * num_texts / height
+  ax = fig.add_axes((left, bottom, matrix_w, matrix_h))
+  shown = ax.imshow(similarity, cmap='viridis', aspect='auto')
+  for (r, c), value in np.ndenumerate(similarity):
+    ax.text(c, r, f'{value:.2f}', ha='center', va='center', fontsize=7,
+            color='white' if value < (similarity.min() + similarity.max()) / 2 else 'black')
+  ax.set_xticks([])
+  ax.set_yticks(np.arange(num_texts),
+                ['\n'.join(textwrap.wrap(t, width_chars)) for t in texts], fontsize=7)
+  for c in range(num_images):
+    image_ax = fig.add_axes((left + c * cell / width, bottom + matrix_h + 0.05 / height,
+                             cell / width, cell / height))
+    image_ax.imshow(_displayable(images[c]), cmap='gray', interpolation='nearest')
+    image_ax.axis('off')
+  colorbar_ax = fig.add_axes((left + matrix_w + 0.15 / width, bottom, 0.15 / width, matrix_h))
+  fig.colorbar(shown, cax=colorbar_ax).ax.tick_params(labelsize=7)
+  if title:
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va='top')
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

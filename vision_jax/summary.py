@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from vision_jax import config_lib
 from vision_jax.data import pipeline
@@ -47,7 +48,10 @@ def build_model(config: ml_collections.ConfigDict
   variables for a batch of images x, initialised as the experiment's method does it
   (with the method's other inputs: labels, a timestep). Read from the config alone."""
   data = config.data
-  missing = [f'data.{f}' for f in ('input_shape', 'num_classes') if data.get(f) is None]
+  # Methods without classes (CLIP, generative models) need no data.num_classes.
+  needed = ('input_shape', 'num_classes') if config.method == 'classification' else (
+      'input_shape',)
+  missing = [f'data.{f}' for f in needed if data.get(f) is None]
   if missing:
     raise config_lib.ConfigError(
         f'the config does not set {" and ".join(missing)}: the shape of one '
@@ -58,16 +62,17 @@ def build_model(config: ml_collections.ConfigDict
   with config.unlocked():
     config.model.cpu_kernels = False
   info = pipeline.DatasetInfo(name=data.get('name', ''), num_examples={},
-                              num_classes=data.num_classes, class_names=None)
+                              num_classes=data.get('num_classes'), class_names=None)
   method = get_method_class(config.method)(config, info, total_steps=1, steps_per_epoch=1)
   model = getattr(method, 'model', None)
   if not isinstance(model, nn.Module):
     raise config_lib.ConfigError(f'method {config.method!r} has no Flax model to summarise')
 
   def init(x):
-    labels = jnp.zeros(x.shape[:1], jnp.int32)
-    images = {key: x for key in ('image', *method.TRAIN_IMAGE_KEYS)}
-    return method.init_variables(jax.random.key(0), {**images, 'label': labels})
+    # The method's made-up batch gives its other inputs (labels, token ids).
+    batch = method.synthetic_batch(x.shape[0], x.shape[1:], np.random.default_rng(0))
+    batch.update({key: x for key in ('image', *method.TRAIN_IMAGE_KEYS)})
+    return method.init_variables(jax.random.key(0), batch)
   return model, tuple(data.input_shape), init
 
 

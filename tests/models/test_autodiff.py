@@ -55,6 +55,27 @@ def _vae_sample(module, x, *, train=False):
   return module.decode(mean + jnp.exp(0.5 * log_variance) * noise)
 
 
+def _vqvae_autoencode(module, x, *, train=False):
+  """The VQ-VAE's encoder and decoder without the quantiser between them: its
+  straight-through output is piecewise constant in the input, which finite differences
+  cannot check (tests/models/test_vqvae.py checks that its gradient is the identity)."""
+  del train
+  return module.decode_latents(module.encode_latents(x))
+
+
+def _dalle_logits(out):
+  """The prior's text and image logits, flattened per example side by side."""
+  return jnp.concatenate([out['text_logits'].reshape(out['text_logits'].shape[0], -1),
+                          out['image_logits'].reshape(out['image_logits'].shape[0], -1)],
+                         axis=-1)
+
+
+def _clip_logits(out):
+  """Per-example products of CLIP's two embeddings, scaled: [N, embed_dim]."""
+  image, text, logit_scale = out
+  return image * text * jnp.exp(logit_scale)
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
   # The config.model fields that build it, or (family, dtype -> module) for a module
@@ -92,8 +113,11 @@ VARIANTS = {
                         dropout_rate=0.5, num_classes=5), (3, 8, 8, 1)),
     'cnn_batchnorm': Variant(dict(name='cnn', features=(16, 16), dense_features=(),
                                   use_batchnorm=True, num_classes=5), (3, 8, 8, 2)),
-    'resnet18': Variant(dict(name='resnet', depth=18, num_filters=8, num_classes=5),
-                        (4, 32, 32, 3)),
+    # 8x8 reaches the stages as 2x2 maps: stage 1 keeps the identity shortcut, stage 2
+    # strides to 1x1 through the projection, stages 3 and 4 (16 and 32 filters) stride
+    # on 1x1 maps, whose batch statistics still average the 4 examples.
+    'resnet18': Variant(dict(name='resnet', depth=18, num_filters=4, num_classes=5),
+                        (4, 8, 8, 3)),
     'cifar_resnet8': Variant(dict(name='cifar_resnet', depth=8, num_filters=16,
                                   num_classes=5), (3, 8, 8, 3)),
     'vae': Variant(dict(name='autoencoder', image_shape=(8, 8, 1), features=(4, 8),
@@ -108,9 +132,10 @@ VARIANTS = {
         _same_for_every_example(2), method='discriminate',
         to_logits=lambda logits: jnp.stack([logits, -logits], axis=-1), params_scale=3.0),
     # Every kind of block (residual, attention, down, up) once: compiling is what costs.
+    # The middle's attention is the one attention block (4x4 halved to 2x2: four tokens).
     # Dropout, its only training-mode difference, is the CNN's case above.
     'unet': Variant(dict(name='unet', channels=8, channel_multipliers=(1, 2),
-                         num_res_blocks=0, attention_resolutions=(2,), num_classes=3),
+                         num_res_blocks=0, attention_resolutions=(), num_classes=3),
                     (2, 4, 4, 1), lambda x: (jnp.full(x.shape[0], 437),
                                              jnp.full(x.shape[0], 1)), train_mode=False),
     # SimCLR's encoder and projection head (with BatchNorm in both): z = g(f(x)).
@@ -161,6 +186,20 @@ VARIANTS = {
     'vivit': Variant(dict(name='vivit', width=16, spatial_depth=1, temporal_depth=1,
                           num_heads=2, patch_size=2, tubelet_frames=2, num_classes=5),
                      (2, 4, 4, 4, 1), train_mode=False),
+    'vqvae': Variant(dict(name='vqvae', features=16, residual_blocks=1, downsample_steps=1,
+                          num_codes=4, code_dim=4, channels=1), (2, 4, 4, 1),
+                     method=_vqvae_autoencode, train_mode=False),
+    'dalle': Variant(dict(name='dalle', text_vocab_size=5, text_len=2, num_image_codes=3,
+                          image_tokens=2, width=16, depth=1, heads=2, mlp_dim=16,
+                          dropout=0.1), (2, 4, 16), method='logits_from_embeddings',
+                     to_logits=_dalle_logits),
+    'clip': Variant(dict(name='clip', vocab_size=7, max_len=4, text_width=8, text_depth=1,
+                         text_heads=2, embed_dim=4,
+                         image=dict(name='vit', variant=None, patch_size=2, width=8,
+                                    depth=1, num_heads=2, mlp_dim=16, pool='gap')),
+                    (2, 4, 4, 1), lambda x: (jnp.tile(jnp.array([[1, 4, 5, 2]]),
+                                                      (x.shape[0], 1)),),
+                    to_logits=_clip_logits, train_mode=False),
 }
 MODES = [pytest.param(name, train, id=f'{name}-{"train" if train else "eval"}')
          for name, variant in VARIANTS.items()

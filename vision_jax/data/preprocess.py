@@ -308,6 +308,7 @@ def keep(*keys: str) -> Op:
 
 
 # Registers the ops of the other files (they import this module for `register`).
+from vision_jax.data import bpe  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from vision_jax.data import ops_color  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from vision_jax.data import ops_image  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from vision_jax.data import ops_text  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -141,6 +141,20 @@ class Vocabulary:
       return cls.from_json(f.read())
 
 
+def random_token_rows(rng: np.random.Generator, batch_size: int, max_len: int,
+                      vocab_size: int) -> np.ndarray:
+  """int32 [batch_size, max_len] rows shaped like `tokenize`'s: bos, 1 to max_len - 2
+  random words, eos, padding. Made-up text for benchmarks and for building a state."""
+  v = Vocabulary
+  words = rng.integers(len(SPECIAL_TOKENS), vocab_size, (batch_size, max_len), dtype=np.int32)
+  eos_at = rng.integers(2, max_len, batch_size)[:, None]
+  position = np.arange(max_len)[None]
+  tokens = np.where(position < eos_at, words, v.pad_id)
+  tokens = np.where(position == eos_at, v.eos_id, tokens)
+  tokens[:, 0] = v.bos_id
+  return tokens.astype(np.int32)
+
+
 def dataset_metadata(texts: Mapping[str, Sequence[str]], min_count: int = 1
                      ) -> dict[str, Any]:
   """The vocabulary of the training texts (the words that occur at least `min_count`

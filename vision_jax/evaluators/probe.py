@@ -342,19 +342,17 @@ class Evaluator(evaluators.Evaluator):
     """The state this run started from (the trainer's `initial_state`); outside the
     trainer, `method.init_state` with the first of `split(key(config.seed))`, as
     `train.make_train_step` initialises it (initialisers do not depend on the batch,
-    so one zero example stands in for it)."""
+    so the method's made-up example stands in for it)."""
     if self._initial is None:
       if self.initial_state is not None:
         state = self.initial_state()
       else:
         batch = next(self._split_batches(self.config.data.split))
-        image = batch['image']
-        zeros = {key: jnp.zeros((1, *image.shape[1:]), image.dtype)
-                 for key in ('image', *self.method.TRAIN_IMAGE_KEYS)}
-        zeros['label'] = jnp.zeros((1,), jnp.int32)
+        example = self.method.synthetic_batch(1, batch['image'].shape[1:],
+                                              np.random.default_rng(0))
         init_key = jax.random.split(jax.random.key(self.method.config.seed))[0]
         state = jax.jit(self.method.init_state,
-                        out_shardings=parallel.replicated(self.mesh))(init_key, zeros)
+                        out_shardings=parallel.replicated(self.mesh))(init_key, example)
       self._initial = (state, None)
     return self._initial[0]
 

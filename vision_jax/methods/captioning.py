@@ -59,16 +59,8 @@ class Method(base.Method):
 
   def synthetic_batch(self, batch_size, input_shape, rng):
     """Random images and token rows: bos, 1 to max_len - 2 random words, eos, padding."""
-    vocab = text.Vocabulary
-    words = rng.integers(len(text.SPECIAL_TOKENS), len(self.vocab),
-                         (batch_size, self.max_len), dtype=np.int32)
-    eos_at = rng.integers(2, self.max_len, batch_size)[:, None]
-    position = np.arange(self.max_len)[None]
-    tokens = np.where(position < eos_at, words, vocab.pad_id)
-    tokens = np.where(position == eos_at, vocab.eos_id, tokens)
-    tokens[:, 0] = vocab.bos_id
     return {'image': rng.standard_normal((batch_size, *input_shape), np.float32),
-            'tokens': tokens.astype(np.int32)}
+            'tokens': text.random_token_rows(rng, batch_size, self.max_len, len(self.vocab))}
 
   def init_variables(self, rng, batch):
     self._check_tokens(batch['tokens'])

@@ -42,7 +42,7 @@ def interleave_views(z1: jax.Array, z2: jax.Array) -> jax.Array:
 def contrastive_accuracy(z: jax.Array) -> jax.Array:
   """The fraction of rows of z [2N, D] (views 2k, 2k + 1) whose most cosine-similar
   other row is the other view of their image."""
-  z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-24))
+  z = losses.l2_normalize(z)
   rows = jnp.arange(z.shape[0])
   similarity = jnp.where(rows[:, None] == rows[None, :], -jnp.inf, z @ z.T)
   return jnp.mean(jnp.argmax(similarity, -1) == rows ^ 1)

@@ -74,7 +74,7 @@ class _RNNStep(nn.Module):
     return carry, logits, alpha
 
 
-class _Attention(nn.Module):
+class CachedAttention(nn.Module):
   """Multi-head dot-product attention returning its weights; with `cache` (self-attention
   while decoding) the new keys and values are written at `position` first.
 
@@ -115,10 +115,10 @@ class _DecoderBlock(nn.Module):
     drop = lambda y: nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)
     h = norm('norm_self')(x)
-    y, _, cache = _Attention(self.num_heads, self.dtype, name='self_attention')(
+    y, _, cache = CachedAttention(self.num_heads, self.dtype, name='self_attention')(
         h, h, self_mask, cache, position)
     x = x + drop(y)
-    y, cross, _ = _Attention(self.num_heads, self.dtype, name='cross_attention')(
+    y, cross, _ = CachedAttention(self.num_heads, self.dtype, name='cross_attention')(
         norm('norm_cross')(x), memory)
     x = x + drop(y)
     y = transformer.MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='mlp')(

@@ -97,6 +97,9 @@ class Model(nn.Module):
       are returned in float32.
     sow_attention_weights: store the attention weights of every block in the
       'intermediates' collection (for figures; apply with `mutable=['intermediates']`).
+    patch_bias: whether the patch embedding has a bias (CLIP's has none).
+    pre_norm: a LayerNorm 'pre_norm' on the embedded tokens before the encoder (CLIP's
+      `ln_pre`).
   """
   variant: str | None = 'B/16'
   width: int | None = None
@@ -112,6 +115,8 @@ class Model(nn.Module):
   num_classes: int | None = 1000
   dtype: Any = jnp.float32
   sow_attention_weights: bool = False
+  patch_bias: bool = True
+  pre_norm: bool = False
 
   def sizes(self) -> dict[str, Any]:
     """width, depth, mlp_dim, num_heads and patch_size (a pair), the explicit ones
@@ -153,7 +158,8 @@ class Model(nn.Module):
 
     maps = {}
     x = maps['stem'] = nn.Conv(width, patch, strides=patch, padding='VALID',
-                               dtype=self.dtype, name='embedding')(x)
+                               use_bias=self.patch_bias, dtype=self.dtype,
+                               name='embedding')(x)
     batch, h, w, _ = x.shape
     x = x.reshape(batch, h * w, width)
     cls = self.pool == 'cls'
@@ -172,6 +178,8 @@ class Model(nn.Module):
       x = x + transformer.sincos_2d(h, w, width, dtype=x.dtype)
       if cls:
         x = class_token(x)
+    if self.pre_norm:
+      x = nn.LayerNorm(dtype=self.dtype, name='pre_norm')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
     x = transformer.Encoder(
