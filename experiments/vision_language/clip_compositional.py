@@ -11,6 +11,13 @@ from label text on `test` (pairs seen in training) and on `test_novel` (only the
 held-out pairs, whose class names the text tower has never read together): the second
 says how far the embedding space composes a colour and a shape it learnt apart.
 
+Measured (12 epochs, 936 steps of 256; 5 minutes of wall time on 2 cores of an AMD EPYC
+(AVX2), mostly idle): zero-shot top-1 0.284 (top-5 0.998) on `test` and 0.115 (top-5
+0.996) on `test_novel`, against chance 0.025. As on `scenes/multi`, colour is learnt and
+shape hardly (see `clip_scenes.py`); on the novel pairs the right colour is still found
+(top-5), the shape less often than on seen pairs. The classifier covers all 40 classes,
+so a novel image may be given a seen pair of its colour.
+
 `:local` is a seconds-long smoke run. The embedded dataset is generated on first use.
 """
 

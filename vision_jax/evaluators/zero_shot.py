@@ -11,7 +11,7 @@ embedding (`pred`, 'embed_image'). No label of this data is used anywhere: the c
 names alone make the classifier.
 
 Metrics: `accuracy` (top-1), `top5_accuracy` (with more than 5 classes),
-`mean_per_class_accuracy`, `num_examples`, `num_classes`, `num_prompts`. Figures, in
+`mean_per_class_accuracy` (over the classes present in the split), `num_examples`, `num_classes`, `num_prompts`. Figures, in
 `workdir/<name>/`: `zero_shot.png` (test images with their five nearest classes, the
 bars softmax(100 cos), OpenAI's display convention) and `confusion_matrix.png`.
 """
@@ -108,7 +108,9 @@ class Evaluator(evaluators.Evaluator):
     count, confusion = totals.pop('count'), totals.pop('confusion')
     self._last = (step, confusion)
     results = {name: float(value / count) for name, value in totals.items()}
-    per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+    # Over the classes the split holds (test_novel holds only the held-out pairs).
+    present = confusion.sum(1) > 0
+    per_class = np.diag(confusion)[present] / confusion.sum(1)[present]
     results.update(mean_per_class_accuracy=float(per_class.mean()),
                    num_examples=float(count), num_classes=float(len(self.class_names)),
                    num_prompts=float(len(self.prompts)))
