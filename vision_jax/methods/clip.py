@@ -24,7 +24,6 @@ Predictions: `embed_image` (I_e of `batch['image']`), `embed_text` (T_e of
 `batch['tokens']`, which may have extra leading axes, e.g. [B, captions, L]).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
