@@ -17,6 +17,10 @@ import pytest
 from vision_jax import checkpointing, parallel, train
 from vision_jax.methods.base import TrainState
 
+# The module fixture trains a run: one xdist worker takes all of this file's tests,
+# so that it trains once.
+pytestmark = pytest.mark.xdist_group('test_checkpointing')
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNN_DIGITS = os.path.join(REPO, 'experiments/classification/cnn_digits.py')
 

@@ -18,6 +18,10 @@ from vision_jax.dataset_info import DatasetInfo
 from vision_jax.evaluators import text_to_image
 from vision_jax.methods import dalle, vqvae
 
+# The module fixture trains a run: one xdist worker takes all of this file's tests,
+# so that it trains once.
+pytestmark = pytest.mark.xdist_group('test_dalle')
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DALLE_SCENES = os.path.join(REPO, 'experiments/vision_language/dalle_scenes.py')
 CLIP_SCENES = os.path.join(REPO, 'experiments/vision_language/clip_scenes.py')

@@ -172,7 +172,7 @@ def test_label_dropout_feeds_the_null_class():
   drop = np.asarray(jax.random.bernoulli(label_rng, 0.5, (8,)))
   assert 0 < drop.sum() < 8
   simple_loss = jit(lambda labels: method.simple_loss(
-      state.params, {}, batch['image'], labels, noise_rng, train=False)[0].mean())
+      state.params, {}, batch['image'], noise_rng, train=False, labels=labels)[0].mean())
   np.testing.assert_allclose(loss, simple_loss(jnp.where(drop, 10, batch['label'])),
                              rtol=1e-5)
   assert abs(float(simple_loss(batch['label'])) - float(loss)) > 1e-4  # the null id mattered

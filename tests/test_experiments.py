@@ -85,6 +85,7 @@ def test_imagenet_recipe_scales_lr_warms_up_and_decays():
     (RESNET_CIFAR10 + ':depth=18', 'depth must be one of'),
     (RESNET_IMAGENET + ':depth=20', 'depth must be one of'),
     (CNN_MNIST + ':lcoal', 'unknown arguments'),
+    (os.path.join(EXPERIMENTS, 'cnn_scenes.py') + ':lcoal', 'unknown arguments'),
 ])
 def test_bad_arguments_are_named(spec, error):
   with pytest.raises(config_lib.ConfigError, match=error):

@@ -15,6 +15,10 @@ from vision_jax.data import pipeline
 from vision_jax.evaluators import probe
 from vision_jax.methods import classification
 
+# The module fixture trains a run: one xdist worker takes all of this file's tests,
+# so that it trains once.
+pytestmark = pytest.mark.xdist_group('test_probe')
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNN_DIGITS = os.path.join(REPO, 'experiments/classification/cnn_digits.py')
 

@@ -8,6 +8,10 @@ import pytest
 
 from vision_jax import config_lib, sample, train
 
+# The module fixture trains a run: one xdist worker takes all of this file's tests,
+# so that it trains once.
+pytestmark = pytest.mark.xdist_group('test_sample')
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE_MNIST = os.path.join(REPO, 'experiments/generative/vae_mnist.py')
 CNN_DIGITS = os.path.join(REPO, 'experiments/classification/cnn_digits.py')

@@ -20,6 +20,10 @@ from vision_jax.data import pipeline
 from vision_jax.dataset_info import DatasetInfo
 from vision_jax.methods import get_method_class, rotation, self_supervised
 
+# The module fixture trains a run: one xdist worker takes all of this file's tests,
+# so that it trains once.
+pytestmark = pytest.mark.xdist_group('test_self_supervised')
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, 'experiments/self_supervised')
 INFO = DatasetInfo(name='toy', num_examples={'train': 16}, num_classes=10, class_names=None)

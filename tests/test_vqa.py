@@ -16,6 +16,10 @@ from vision_jax.evaluators import vqa as vqa_evaluator
 from vision_jax.evaluators.vqa import vqa_accuracy
 from vision_jax.models import vqa
 
+# The module fixture trains a run: one xdist worker takes all of this file's tests,
+# so that it trains once.
+pytestmark = pytest.mark.xdist_group('test_vqa')
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VQA_SCENES = os.path.join(REPO, 'experiments/vision_language/vqa_scenes.py')
 TINY_ENCODER = dict(name='cnn', features=(4, 8), dense_features=())

@@ -1,13 +1,14 @@
-r"""Draws images from text with a trained text-to-image run (DALL-E's prior), optionally
-re-ranked by a CLIP run.
+r"""Draws images from text with a trained text-to-image run (DALL-E's prior or text
+diffusion), optionally re-ranked by a CLIP run.
 
   python -m vision_jax.generate --workdir /tmp/dalle_scenes_prior \
       --prompt "a small red circle." [--prompt ...] --out /tmp/dalle_samples \
-      [--num 8] [--rerank_with /tmp/clip_scenes] [--keep K] [--temperature T] \
-      [--top_k K] [--seed 0] [--batch_size 64]
+      [--num 8] [--rerank_with /tmp/clip_scenes] [--keep K] [--seed 0] [--batch_size 64] \
+      [--temperature T] [--top_k K]       # dalle's sampling options
+      [--guidance W] [--steps S]          # text_diffusion's
 
-Loads the run's latest checkpoint (and, through its config, the frozen VQ-VAE it was
-trained on), draws `--num` candidates for each prompt and writes `samples.npz`
+Loads the run's latest checkpoint (for dalle also, through its config, the frozen VQ-VAE
+it was trained on), draws `--num` candidates for each prompt and writes `samples.npz`
 (`images`: uint8 [P * N, H, W, C], prompt by prompt; `prompts`: each image's prompt)
 and `samples.png` (one row per prompt) into `--out`. With `--rerank_with`, each
 prompt's candidates are ordered by the cosine similarity of the CLIP run's image and
@@ -40,7 +41,7 @@ def _load_text_to_image(workdir: str):
   method_name = inference.read_config(workdir).method
   if not hasattr(get_method_class(method_name), 'generate_from_text'):
     raise GenerateError(f'{workdir} holds a {method_name} run, which does not draw images '
-                        'from text (a dalle run does)')
+                        'from text (a dalle or text_diffusion run does)')
   return inference.load_run(workdir)
 
 
@@ -77,18 +78,20 @@ def clip_similarities(clip_workdir: str, images: np.ndarray, prompts: Sequence[s
 
 
 def draw(workdir: str, prompts: Sequence[str], *, num: int, seed: int = 0,
-         batch_size: int = 64, temperature: float | None = None, top_k: int | None = None
-         ) -> tuple[np.ndarray, str]:
+         batch_size: int = 64, **sample_options) -> tuple[np.ndarray, str]:
   """`(images float32 [len(prompts) * num, H, W, C] in [0, 1], run description)`,
-  `num` candidates per prompt, prompt by prompt."""
+  `num` candidates per prompt, prompt by prompt; `sample_options` are the method's
+  (None: its default)."""
   config, method, state = _load_text_to_image(workdir)
   _check_prompts(method.vocab, prompts, workdir)
-  options = method.sample_options(dict(temperature=temperature, top_k=top_k))
-  if options['top_k'] is not None and not 1 <= options['top_k'] <= method.model.num_image_codes:
-    raise GenerateError(f'--top_k {options["top_k"]} is not in [1, '
-                        f'{method.model.num_image_codes}] (the VQ-VAE\'s codes)')
-  if options['temperature'] < 0:
-    raise GenerateError(f'--temperature must be >= 0, got {options["temperature"]}')
+  options = method.sample_options(sample_options)
+  top_k = options.get('top_k')
+  if top_k is not None and not 1 <= top_k <= method.model.num_image_codes:
+    raise GenerateError(f'--top_k {top_k} is not in [1, {method.model.num_image_codes}] '
+                        "(the VQ-VAE's codes)")
+  for name in ('temperature', 'guidance'):
+    if options.get(name, 0) < 0:
+      raise GenerateError(f'--{name} must be >= 0, got {options[name]}')
   eval_state = method.eval_state(state)
   generate = jax.jit(lambda rng, tokens: method.generate_from_text(
       eval_state, rng, tokens, **options))
@@ -116,7 +119,8 @@ def rerank(scores: np.ndarray, num_prompts: int, keep: int) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m vision_jax.generate',
                                    description=__doc__.split('\n\n')[0])
-  parser.add_argument('--workdir', required=True, help='a text-to-image (dalle) run')
+  parser.add_argument('--workdir', required=True,
+                      help='a text-to-image (dalle or text_diffusion) run')
   parser.add_argument('--prompt', action='append', required=True,
                       help='a text to draw images for; repeat for several')
   parser.add_argument('--out', required=True, help='folder for samples.npz and samples.png')
@@ -124,8 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--rerank_with', default=None, help='a CLIP run that orders them')
   parser.add_argument('--keep', type=int, default=None,
                       help='the best candidates kept per prompt after re-ranking')
-  parser.add_argument('--temperature', type=float, default=None)
-  parser.add_argument('--top_k', type=int, default=None)
+  parser.add_argument('--temperature', type=float, default=None, help='dalle: softmax temperature')
+  parser.add_argument('--top_k', type=int, default=None, help='dalle: the most likely codes kept')
+  parser.add_argument('--guidance', type=float, default=None,
+                      help='text_diffusion: classifier-free guidance w')
+  parser.add_argument('--steps', type=int, default=None, help='text_diffusion: sampling steps')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--batch_size', type=int, default=64)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -142,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     images, description = draw(
         args.workdir, prompts, num=args.num, seed=args.seed,
         batch_size=min(args.batch_size, args.num * len(prompts)),
-        temperature=args.temperature, top_k=args.top_k)
+        temperature=args.temperature, top_k=args.top_k, guidance=args.guidance,
+        steps=args.steps)
     image_prompts = np.array([p for p in prompts for _ in range(args.num)])
     arrays = {}
     per_prompt = args.num

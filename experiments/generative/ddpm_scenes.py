@@ -15,8 +15,7 @@ epochs of the 20,000 training images). Evaluated with 25 DDIM steps and guidance
 a grid of 4 samples per class, trajectories, interpolations and the test `simple_loss`.
 For a classifier FID and `sample_label_accuracy`, add
 `--config.evals.eval.fid_classifier=DIR`, a classification run on the same data and
-preprocessing (e.g. `experiments/classification/cnn_digits.py
---config.data.name=scenes/single`, trained long enough: 800 steps of it reach only 40%).
+preprocessing (`experiments/classification/cnn_scenes.py`, 0.997 test accuracy).
 
 Measured (the command above): test simple_loss 0.0324. The samples are objects of one
 colour on textured backgrounds like the data's, but with this budget neither the colour

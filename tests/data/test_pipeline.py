@@ -12,6 +12,10 @@ from PIL import Image
 
 from vision_jax.data import pipeline
 
+# The module fixture trains a run: one xdist worker takes all of this file's tests,
+# so that it trains once.
+pytestmark = pytest.mark.xdist_group('test_pipeline')
+
 PP = 'decode|value_range(0, 1)'
 
 

@@ -138,6 +138,15 @@ VARIANTS = {
                          num_res_blocks=0, attention_resolutions=(), num_classes=3),
                     (2, 4, 4, 1), lambda x: (jnp.full(x.shape[0], 437),
                                              jnp.full(x.shape[0], 1)), train_mode=False),
+    # The text-conditioned U-Net: a padded caption, cross-attended in the middle block.
+    'text_unet': Variant(dict(name='text_unet', vocab_size=7, text_len=5, text_width=8,
+                              text_depth=1, text_heads=2,
+                              unet=dict(channels=8, channel_multipliers=(1, 2),
+                                        num_res_blocks=0, attention_resolutions=())),
+                         (2, 4, 4, 1), lambda x: (jnp.full(x.shape[0], 437),
+                                                  jnp.tile(jnp.array([[1, 4, 5, 2, 0]]),
+                                                           (x.shape[0], 1))),
+                         train_mode=False),
     # SimCLR's encoder and projection head (with BatchNorm in both): z = g(f(x)).
     'simclr': Variant(('self_supervised', lambda dtype: self_supervised.EncoderWithHead(
         encoder=_tiny_cnn(dtype, use_batchnorm=True),

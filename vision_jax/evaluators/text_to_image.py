@@ -2,7 +2,8 @@ r"""Text-to-image evaluator: images drawn from captions and class prompts, and h
 faithful they are to the prompt.
 
 For a method with `generate_from_text(state, rng, tokens, **sample_options)` and
-`tokenize(texts)` (DALL-E's prior, `methods/dalle`). From fixed noise, so that progress
+`tokenize(texts)` (DALL-E's prior, `methods/dalle`; text diffusion,
+`methods/text_diffusion`). From fixed noise, so that progress
 shows across evaluations, it draws:
 - `caption_images` images, one per caption: the first caption of each of the first
   test images of its data (`captions`, kept on the host);
@@ -12,10 +13,13 @@ shows across evaluations, it draws:
 
 Metrics:
 - with `classifier_workdir` (a classification run on `scenes/single`, e.g.
-  `experiments/classification/vit_scenes.py`): `faithfulness`, the fraction of the
+  `experiments/classification/cnn_scenes.py`): `faithfulness`, the fraction of the
   class prompts' images that the classifier assigns to the prompt's class (chance
   1 / classes), and `faithfulness_per_class_min`. The classifier's classes must be the
-  prompts' (the same names, in the same order).
+  prompts' (the same names, in the same order). When the data holds colour-shape pairs
+  out of training (`scenes/compositional`'s metadata `held_out`), `faithfulness` is
+  over the seen classes and `faithfulness_novel` over the held-out ones: compositional
+  generation.
 - with `clip_workdir` (a CLIP run, `experiments/vision_language/clip_scenes.py`):
   `clip_score (project CLIP)`, the mean cosine similarity of each generated image
   (captions and class prompts alike) and its prompt under that CLIP; it measures the
@@ -30,6 +34,7 @@ the images drawn for it) and `class_prompts.png` (one row per class prompt).
 import functools
 import os
 import re
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,17 +61,23 @@ def to_range(images: jax.Array, value_range: tuple[float, float]) -> jax.Array:
   return images * (high - low) + low
 
 
-def faithfulness(predicted: np.ndarray, num_classes: int, per_class: int
-                 ) -> dict[str, float]:
+def faithfulness(predicted: np.ndarray, num_classes: int, per_class: int,
+                 held_out: Sequence[int] = ()) -> dict[str, float]:
   """`faithfulness` (the fraction of images classified as their prompt's class),
   `faithfulness_per_class_min` and `faithfulness_num_images`, for the classes
   `predicted` [num_classes * per_class] of images drawn `per_class` at a time for
-  classes 0, 1, ..."""
+  classes 0, 1, ...; with `held_out` classes, those are over the other classes and the
+  `_novel` ones over the held-out classes."""
   wanted = np.repeat(np.arange(num_classes), per_class)
   right = (np.asarray(predicted) == wanted).reshape(num_classes, per_class)
-  return {'faithfulness': float(right.mean()),
-          'faithfulness_per_class_min': float(right.mean(axis=1).min()),
-          'faithfulness_num_images': float(right.size)}
+  novel = np.isin(np.arange(num_classes), np.asarray(held_out, int))
+  results = {}
+  for suffix, rows in (('', right[~novel]), ('_novel', right[novel])):
+    if len(rows):
+      results.update({f'faithfulness{suffix}': float(rows.mean()),
+                      f'faithfulness{suffix}_per_class_min': float(rows.mean(axis=1).min()),
+                      f'faithfulness{suffix}_num_images': float(rows.size)})
+  return results
 
 
 class Evaluator(evaluators.Evaluator):
@@ -87,7 +98,8 @@ class Evaluator(evaluators.Evaluator):
     where = f'evals.{self.name}'
     if not hasattr(method, 'generate_from_text') or not hasattr(method, 'tokenize'):
       raise config_lib.ConfigError(
-          f'{where}: type text_to_image needs a text-to-image method (dalle), not '
+          f'{where}: type text_to_image needs a text-to-image method (dalle, '
+          f'text_diffusion), not '
           f'{method.config.method}')
     self.sample_options = method.sample_options(sample_options)
     if self.config.prompt_template.count('{}') != 1:
@@ -185,7 +197,8 @@ class Evaluator(evaluators.Evaluator):
       predicted = np.concatenate([
           self._apply(self.classifier, 'predict', images[i:i + self.config.batch_size])
           for i in range(0, len(images), self.config.batch_size)]).argmax(-1)
-      results.update(faithfulness(predicted, len(self.class_names), per_class))
+      results.update(faithfulness(predicted, len(self.class_names), per_class,
+                                  self.held_out_classes))
     if self.clip is not None:
       _, captions = self._test_captions()
       caption_images = self.draw(state, captions, salt=2)
@@ -194,6 +207,13 @@ class Evaluator(evaluators.Evaluator):
       results['clip_score (project CLIP)'] = float(np.mean(self.clip_scores(all_images,
                                                                             all_prompts)))
     return results
+
+  @property
+  def held_out_classes(self) -> list[int]:
+    """The classes whose colour-shape pairs the training data lacks (its metadata's
+    `held_out`, as in `scenes/compositional`), by index."""
+    held_out = (self.data_info.metadata or {}).get('held_out', ())
+    return [self.class_names.index(name) for name in held_out if name in self.class_names]
 
   def clip_scores(self, images: np.ndarray, prompts) -> np.ndarray:
     """The cosine of each image [N, H, W, C] in [0, 1] and its prompt under the CLIP run."""
@@ -225,7 +245,9 @@ class Evaluator(evaluators.Evaluator):
       rows = [class_images[k * per_class:(k + 1) * per_class]
               for k in range(len(self.class_prompts))]
       path = os.path.join(outdir, 'class_prompts.png')
-      plotting.image_rows(rows, path, row_labels=self.class_prompts,
+      novel = set(self.held_out_classes)
+      labels = [p + ' (held out)' * (k in novel) for k, p in enumerate(self.class_prompts)]
+      plotting.image_rows(rows, path, row_labels=labels,
                           title=f'{self.name}: images drawn from class prompts, step {step}')
       paths.append(path)
     return paths

@@ -246,17 +246,22 @@ class Method(generative.Method):
     try:
       self.schedule_tables = Schedule.make(options.beta_schedule, int(options.num_timesteps))
     except ValueError as e:
-      raise config_lib.ConfigError(f'diffusion: {e}') from None
-    if not 0 <= options.label_dropout < 1:
-      raise config_lib.ConfigError(
-          f'diffusion.label_dropout must be in [0, 1), got {options.label_dropout}')
+      raise config_lib.ConfigError(f'{self.name}: {e}') from None
+    for dropout in ('label_dropout', 'text_dropout'):  # the condition's, per subclass
+      if not 0 <= options.get(dropout, 0.0) < 1:
+        raise config_lib.ConfigError(
+            f'{self.name}.{dropout} must be in [0, 1), got {options.get(dropout)}')
     if not 0 <= (options.ema_decay or 0) < 1:
       raise config_lib.ConfigError(
-          f'diffusion.ema_decay must be in [0, 1), got {options.ema_decay}')
-    self.model = models.get_model(
-        config.model, num_classes=self.num_classes if self.conditional else None,
-        dtype=self.compute_dtype)
+          f'{self.name}.ema_decay must be in [0, 1), got {options.ema_decay}')
+    self.model = self.build_model()
     self.tx = optim.with_ema(self.tx, options.ema_decay)
+
+  def build_model(self):
+    """The epsilon network `config.model` (a U-Net), with the label table if conditional."""
+    return models.get_model(
+        self.config.model, num_classes=self.num_classes if self.conditional else None,
+        dtype=self.compute_dtype)
 
   @property
   def null_label(self) -> int:
@@ -285,14 +290,16 @@ class Method(generative.Method):
     t = jax.random.randint(t_key, shape[:1], 0, self.schedule_tables.num_timesteps)
     return t, jax.random.normal(eps_key, shape, jnp.float32)
 
-  def simple_loss(self, params, model_state, images, labels, rng, *, train, dropout_rng=None):
-    """Per-example L_simple [N] and the new model state."""
+  def simple_loss(self, params, model_state, images, rng, *, train, dropout_rng=None,
+                  **condition):
+    """Per-example L_simple [N] and the new model state; `condition` goes to the model
+    (`labels=...` here, `tokens=...` for text)."""
     x0 = 2 * images.astype(jnp.float32) - 1
     t, eps = self.noise_and_timesteps(rng, x0.shape)
     abar = _const(self.schedule_tables.alphas_cumprod)[t].reshape(-1, 1, 1, 1)
     x_t = jnp.sqrt(abar) * x0 + jnp.sqrt(1 - abar) * eps
     pred, model_state = base.apply_model(self.model, params, model_state, x_t, train=train,
-                                         rng=dropout_rng, t=t, labels=labels)
+                                         rng=dropout_rng, t=t, **condition)
     return jnp.mean((eps - pred) ** 2, axis=(1, 2, 3)), model_state
 
   def loss(self, params, model_state, batch, rng):
@@ -302,14 +309,18 @@ class Method(generative.Method):
       drop = jax.random.bernoulli(label_rng, self.options.label_dropout, labels.shape)
       labels = jnp.where(drop, self.null_label, labels)
     per_example, model_state = self.simple_loss(
-        params, model_state, batch['image'], labels, noise_rng, train=True,
-        dropout_rng=dropout_rng)
+        params, model_state, batch['image'], noise_rng, train=True,
+        dropout_rng=dropout_rng, labels=labels)
     return per_example.mean(), ({}, model_state)
 
   # Sampling.
 
   def _eps_fn(self, state, labels, guidance):
-    """eps(x, t_scalar) of the eval-mode model, guided for a conditional model."""
+    """eps(x, t_scalar) of the eval-mode model, guided for a conditional model.
+
+    `labels` [N] is the sampling loop's condition; a subclass conditioned otherwise
+    (on text) overrides this to read its own."""
+    labels = self._labels(labels)
     if not self.conditional and guidance:
       raise config_lib.ConfigError(
           f'guidance {guidance}: classifier-free guidance needs a conditional model '
@@ -335,8 +346,7 @@ class Method(generative.Method):
     tables = sampling_tables(self.schedule_tables, sampler=options['sampler'],
                              steps=int(options['steps']), eta=float(options['eta']),
                              variance=options['variance'])
-    eps_fn = self._eps_fn(state, self._labels(labels) if self.conditional else None,
-                          float(options['guidance']))
+    eps_fn = self._eps_fn(state, labels, float(options['guidance']))
     step_fn = ddim_step if options['sampler'] == 'ddim' else ddpm_step
     t_table = jnp.asarray(tables['t'])
     abar_table, prev_table, sigma_table = (
@@ -418,6 +428,6 @@ class Method(generative.Method):
     """`simple_loss` per test image, with t and eps drawn from `rng`."""
     labels = self._labels(batch['label']) if self.conditional else None
     per_example, _ = self.simple_loss(state.params, state.model_state, batch['image'],
-                                      labels, rng, train=False)
+                                      rng, train=False, labels=labels)
     return {'simple_loss': per_example}
 

@@ -9,6 +9,10 @@ The network eps_theta(x_t, t, c) of `vision_jax.methods.diffusion`, as in Ho et 
   last row, id `num_classes`, is the null class of classifier-free guidance) and/or an
   external embedding vector `cond` [N, D] (through a Dense to the width of `temb`), added
   to `temb`. `cond` is how another conditioner (a text encoder) plugs in;
+- text: with `context` [N, L, Dc] (a text encoder's token features) and `context_mask`
+  [N, L] (True at real tokens), every self-attention is followed by a cross-attention
+  from the map's positions to the tokens (as in Rombach et al. 2022's and Saharia et
+  al. 2022's U-Nets), in the same zero-initialised residual form;
 - a 3x3 input convolution, then `len(channel_multipliers)` levels. Level i has
   `num_res_blocks` residual blocks of `channels * channel_multipliers[i]` channels, each
   followed by self-attention where the map's side is in `attention_resolutions`, and
@@ -136,13 +140,50 @@ class AttentionBlock(nn.Module):
     return x + out
 
 
-class Model(nn.Module):
-  """eps_theta(x_t, t, labels, cond): the DDPM U-Net (see the module docstring).
+class CrossAttentionBlock(nn.Module):
+  """Attention from a feature map's positions (queries) to a sequence of context tokens
+  (keys and values), in residual form: x + proj(softmax(q k^T / sqrt(d)) v).
 
-  `model.apply(variables, x, t, labels, cond=None, train=False)` with x [N, H, W, C] in
-  about [-1, 1], t int [N] (0-based timesteps), labels int [N] in 0..num_classes (the
-  id `num_classes` is the null class) or None, and cond [N, D] or None. Returns the
-  predicted noise [N, H, W, C], float32.
+  Attributes:
+    num_heads: attention heads (the channels split evenly among them).
+    norm_groups: at most this many GroupNorm groups for the map.
+    dtype: compute dtype.
+  """
+  num_heads: int = 1
+  norm_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array) -> jax.Array:
+    n, height, width, channels = x.shape
+    if channels % self.num_heads:
+      raise ValueError(f'{channels} channels do not split into {self.num_heads} heads')
+    head_dim = channels // self.num_heads
+    h = nn.GroupNorm(num_groups(channels, self.norm_groups), dtype=self.dtype, name='norm')(x)
+    q = nn.Dense(channels, dtype=self.dtype, name='q')(h).reshape(
+        n, height * width, self.num_heads, head_dim)
+    context = nn.LayerNorm(dtype=self.dtype, name='context_norm')(context.astype(self.dtype))
+    kv = nn.Dense(2 * channels, dtype=self.dtype, name='kv')(context)
+    k, v = jnp.split(kv.reshape(n, context.shape[1], 2, self.num_heads, head_dim), 2, 2)
+    k, v = k[:, :, 0], v[:, :, 0]  # [N, tokens, heads, head_dim]
+    logits = jnp.einsum('nqhd,nkhd->nhqk', q, k) / math.sqrt(head_dim)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    logits = jnp.where(context_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits)
+    out = jnp.einsum('nhqk,nkhd->nqhd', weights.astype(v.dtype), v)
+    out = nn.Dense(channels, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                   name='proj_out')(out.reshape(n, height, width, channels))
+    return x + out
+
+
+class Model(nn.Module):
+  """eps_theta(x_t, t, labels, cond, context): the DDPM U-Net (see the module docstring).
+
+  `model.apply(variables, x, t, labels, cond=None, context=None, context_mask=None,
+  train=False)` with x [N, H, W, C] in about [-1, 1], t int [N] (0-based timesteps),
+  labels int [N] in 0..num_classes (the id `num_classes` is the null class) or None,
+  cond [N, D] or None, and context [N, L, Dc] with context_mask bool [N, L] (all True
+  when omitted) or None. Returns the predicted noise [N, H, W, C], float32.
 
   Attributes:
     channels: width of the first level (Ho et al.: 128); `temb` is 4 times as wide.
@@ -173,7 +214,8 @@ class Model(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, *,
-               cond: jax.Array | None = None, train: bool = False) -> jax.Array:
+               cond: jax.Array | None = None, context: jax.Array | None = None,
+               context_mask: jax.Array | None = None, train: bool = False) -> jax.Array:
     levels = len(self.channel_multipliers)
     if x.shape[1] % 2 ** (levels - 1) or x.shape[2] % 2 ** (levels - 1):
       raise ValueError(
@@ -182,8 +224,16 @@ class Model(nn.Module):
           'channel_multipliers')
     block = lambda features, name: ResBlock(  # noqa: E731
         features, self.dropout, self.norm_groups, self.dtype, name=name)
-    attention = lambda name: AttentionBlock(  # noqa: E731
-        self.num_heads, self.norm_groups, self.dtype, name=name)
+    if context is not None and context_mask is None:
+      context_mask = jnp.ones(context.shape[:2], bool)
+
+    def attention(name):
+      self_attention = AttentionBlock(self.num_heads, self.norm_groups, self.dtype, name=name)
+      if context is None:
+        return self_attention
+      cross_attention = CrossAttentionBlock(self.num_heads, self.norm_groups, self.dtype,
+                                            name=name + '_cross')
+      return lambda h: cross_attention(self_attention(h), context, context_mask)
 
     temb_dim = 4 * self.channels
     temb = timestep_embedding(t, self.channels).astype(self.dtype)
