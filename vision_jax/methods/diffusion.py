@@ -239,6 +239,8 @@ class Method(generative.Method):
   CAPABILITIES = ('generate', 'interpolate', 'trajectory', 'test_metrics')
   SAMPLE_OPTIONS = {'sampler': 'ddim', 'steps': 50, 'eta': 0.0, 'guidance': 0.0,
                     'variance': 'beta'}
+  # The option giving the probability that training drops the condition (for guidance).
+  CONDITION_DROPOUT = 'label_dropout'
 
   def __init__(self, config, data_info, **kwargs):
     super().__init__(config, data_info, **kwargs)
@@ -247,10 +249,10 @@ class Method(generative.Method):
       self.schedule_tables = Schedule.make(options.beta_schedule, int(options.num_timesteps))
     except ValueError as e:
       raise config_lib.ConfigError(f'{self.name}: {e}') from None
-    for dropout in ('label_dropout', 'text_dropout'):  # the condition's, per subclass
-      if not 0 <= options.get(dropout, 0.0) < 1:
-        raise config_lib.ConfigError(
-            f'{self.name}.{dropout} must be in [0, 1), got {options.get(dropout)}')
+    dropout = options[self.CONDITION_DROPOUT]
+    if not 0 <= dropout < 1:
+      raise config_lib.ConfigError(
+          f'{self.name}.{self.CONDITION_DROPOUT} must be in [0, 1), got {dropout}')
     if not 0 <= (options.ema_decay or 0) < 1:
       raise config_lib.ConfigError(
           f'{self.name}.ema_decay must be in [0, 1), got {options.ema_decay}')

@@ -42,6 +42,7 @@ class Method(diffusion.Method):
              'ema_decay': 0.9999}
   CAPABILITIES = ('test_metrics',)
   SAMPLE_OPTIONS = {**diffusion.Method.SAMPLE_OPTIONS, 'guidance': 3.0}
+  CONDITION_DROPOUT = 'text_dropout'
 
   def __init__(self, config, data_info, **kwargs):
     try:
