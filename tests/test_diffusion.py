@@ -268,8 +268,9 @@ def test_generate_trajectory_and_interpolate():
   assert samples.dtype == jnp.float32 and 0 <= samples.min() and samples.max() <= 1
   frames = jit(lambda rng: method.trajectory(state, rng, labels, 5, **options))(rng)
   chex.assert_shape(frames, (3, 5, *SHAPE))
-  # Frames: x_T, evenly spaced states, the final sample (the one generate draws).
-  np.testing.assert_allclose(frames[:, -1], samples, atol=1e-6)
+  # Frames: x_T, evenly spaced states, the final sample (the one generate draws; the two
+  # are compiled apart, so float32 rounding differs by a few 1e-6).
+  np.testing.assert_allclose(frames[:, -1], samples, atol=2e-5)
   x_T = method._initial_noise(jax.random.split(rng)[0], 3)
   np.testing.assert_allclose(frames[:, 0], jnp.clip((x_T + 1) / 2, 0, 1), atol=1e-6)
   assert float(jnp.max(jnp.abs(frames[:, 1] - frames[:, 0]))) > 1e-3
