@@ -10,7 +10,9 @@
     folders, GIFs, video files; see `data.video_folder`), prepared on first use;
   * `coco_captions_json:/path/to/root`, captioned images in COCO's layout
     (`root/annotations/captions_<split>.json`, `root/<split>/<image>`; see
-    `data.coco_captions`), prepared on first use.
+    `data.coco_captions`), prepared on first use;
+  * `coco_json:/path/to/annotations.json`, boxes and masks in COCO's instances format
+    with the images beside the file (see `data.coco_json`), prepared on first use.
 
 `config.data.vocabulary`, a word list saved by `text.Vocabulary.save` (`python -m
 vision_jax.data.text build-vocab` makes one), gives a dataset without a vocabulary in its
@@ -74,7 +76,9 @@ def _online(host: str = 'storage.googleapis.com', timeout: float = 3.0) -> bool:
 # data.name -> the data.vocabulary file of the run that trains on it (`training_builder`).
 _VOCABULARY_FILES: dict[str, str] = {}
 COCO_JSON_PREFIX = 'coco_captions_json:'
-USER_DATA_PREFIXES = ('folder:', COCO_JSON_PREFIX)  # Data the user named: never replaced.
+COCO_DETECTION_PREFIX = 'coco_json:'
+# Data the user named: never replaced.
+USER_DATA_PREFIXES = ('folder:', COCO_JSON_PREFIX, COCO_DETECTION_PREFIX)
 
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -112,6 +116,14 @@ def _get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
       return builder
     _prepare_once(builder)
     return coco_captions.get_builder(root, data_dir)
+  if name.startswith(COCO_DETECTION_PREFIX):
+    from vision_jax.data import coco_json  # pylint: disable=g-import-not-at-top
+    path = name[len(COCO_DETECTION_PREFIX):]
+    builder = coco_json.get_builder(path, data_dir)
+    if not builder.is_prepared():
+      _prepare_once(builder)
+      builder = coco_json.get_builder(path, data_dir)  # Read back from its folder.
+    return builder
   if name.startswith('folder:'):
     root = os.path.expanduser(name[len('folder:'):])
     if not os.path.isdir(root):
