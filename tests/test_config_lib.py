@@ -2,6 +2,7 @@
 
 import re
 
+import ml_collections
 import pytest
 
 from vision_jax import config_lib, train
@@ -65,3 +66,13 @@ def test_method_options_are_fields_to_override():
     config_lib.parse_command_line(parser, [
         '--config', 'experiments/classification/nb_digits.py:local',
         '--config.naive_bayes.smothing=0.5'])
+
+
+def test_completing_options_leaves_the_defaults_placeholders_alone():
+  """A method's OPTIONS holds placeholders (field references): a value set in one run's
+  options must not become every later method's default."""
+  from ml_collections.config_dict import placeholder  # pylint: disable=g-import-not-at-top
+  options = {'num_classes': placeholder(int), 'size': 1}
+  first = config_lib.complete({'num_classes': 3}, ml_collections.ConfigDict(options), 'm')
+  second = config_lib.complete({}, ml_collections.ConfigDict(options), 'm')
+  assert first.num_classes == 3 and second.num_classes is None

@@ -7,6 +7,7 @@ as one line.
 
 import argparse
 import ast
+import copy
 import difflib
 import importlib.util
 import os
@@ -207,7 +208,9 @@ def complete(given, defaults: ml_collections.ConfigDict, name: str) -> ml_collec
     hint = f' (did you mean {name}.{close[0]}?)' if close else ''
     raise ConfigError(f'unknown config field {name}.{unknown[0]}{hint}; '
                       f'{name} has {", ".join(sorted(defaults))}')
-  config = ml_collections.ConfigDict(defaults)
+  # A deep copy: `defaults` often wraps a class's OPTIONS, whose placeholders are field
+  # references that setting a value would otherwise change for every later instance.
+  config = copy.deepcopy(ml_collections.ConfigDict(defaults))
   for key, value in given.items():
     default = defaults[key]
     if isinstance(default, ml_collections.ConfigDict) and isinstance(
