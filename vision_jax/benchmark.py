@@ -2,7 +2,8 @@ r"""Times the trainer's compiled training step on synthetic batches.
 
   python -m vision_jax.benchmark \
       --config experiments/classification/resnet_cifar10.py [--batch_size N] \
-      [--steps N] [--warmup N] [--cpu_kernels] [--torch] [--decode] [--cpu_devices N] \
+      [--steps N] [--warmup N] [--cpu_kernels] [--torch] [--decode] [--detect] \
+      [--cpu_devices N] \
       [--default_allocator] [--config.<field>=<value> ...]
 
 The step is the one `vision_jax.train` runs (`train.make_train_step`: the same jitted,
@@ -32,6 +33,11 @@ finished ones: it runs on freshly initialised weights, whose near-uniform next w
 seldom put eos among the best beams, so that captions run to about `max_len - 1`
 tokens, the most a batch costs (the mean caption length is printed with it). Weights
 trained on the random tokens would say eos at once and time a decode of one step.
+
+`--detect` also times a detector's `detect` prediction (the dense outputs, the top
+candidates, class-wise NMS and, for CondInst, the masks) on a batch of synthetic images
+of the training batch size and reports images/s. With fresh weights every candidate
+scores about the focal prior, so NMS runs its full `max_detections` rounds, its most.
 
 On a CPU, JAX runs one device, like the trainer; `--cpu_devices N` splits the host
 into N devices instead.
@@ -194,23 +200,26 @@ def jax_step(config, count_flops: bool = True) -> tuple[JaxStep, dict[str, float
   return step, {'compile_s': compile_s, 'flops_per_step': flops}
 
 
-def caption_step(step: JaxStep, batch_size: int
-                 ) -> tuple[Callable[[], Any], dict[str, float]]:
-  """The method's jitted `caption` prediction on a synthetic image batch with a freshly
-  initialised state, as a closure returning the tokens; with its compile seconds."""
+def prediction_step(step: JaxStep, batch_size: int, name: str
+                    ) -> tuple[Callable[[], Any], dict[str, float]]:
+  """The method's jitted prediction `name` ('caption', 'detect') on a synthetic image
+  batch with a freshly initialised state, as a closure returning its outputs; with its
+  compile seconds."""
   method, mesh, state = step.method, step.mesh, step.init()
-  caption = jax.jit(parallel.under_mesh(mesh, method.prediction_function('caption')))
+  if name not in method.PREDICTIONS:
+    raise config_lib.ConfigError(f'method {method.name!r} has no {name} prediction')
+  predict = jax.jit(parallel.under_mesh(mesh, method.prediction_function(name)))
   rng = np.random.default_rng(method.config.seed + 1)
   images = method.synthetic_batch(batch_size, tuple(method.config.data.input_shape), rng)
   batch = parallel.to_global({'image': images['image']}, mesh)
   start = time.perf_counter()
-  compiled = caption.lower(state, batch).compile()
+  compiled = predict.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
 
-  def decode():
+  def run():
     return jax.block_until_ready(compiled(state, batch))
 
-  return decode, {'compile_s': compile_s}
+  return run, {'compile_s': compile_s}
 
 
 def caption_length(tokens) -> float:
@@ -255,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin')
   parser.add_argument('--decode', action='store_true',
                       help="also time the method's caption prediction (beam search)")
+  parser.add_argument('--detect', action='store_true',
+                      help="also time a detector's detect prediction (NMS included)")
   parser.add_argument('--cpu_kernels', action='store_true',
                       help='time the step both on Flax\'s own layers and with the CPU '
                       'kernels of vision_jax.kernels (config.model.cpu_kernels)')
@@ -280,7 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       step, result = jax_step(config)
       steps = {'jax': step}
     if args.decode:
-      decode, decode_result = caption_step(step, config.batch_size)
+      decode, decode_result = prediction_step(step, config.batch_size, 'caption')
+    if args.detect:
+      detect, detect_result = prediction_step(step, config.batch_size, 'detect')
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -290,13 +303,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.decode:
     decode_result.update(time_steps({'decode': decode}, args.steps, args.warmup)['decode'])
     decode_result['length'] = caption_length(decode())
+  if args.detect:
+    detect_result.update(time_steps({'detect': detect}, args.steps, args.warmup)['detect'])
+    detect_result['rows'] = detect()['boxes'].shape[1]  # D, the detections per image
   devices = jax.devices()
   # Fields besides the images and labels, e.g. captioning's tokens.
   others = {k: v.shape[1:] for k, v in step.batch.items()
             if k not in (*step.method.TRAIN_IMAGE_KEYS, 'label')}
   others = ''.join(f' + {k} {shape}' for k, shape in others.items()) + (
       f' (vocabulary of {len(step.method.data_info.metadata["vocabulary"])})'
-      if others else '')
+      if any('token' in k for k in others) else '')
   print(f'{args.config}: {config.model.name} {config.model.to_dict()}, '
         f'batch {config.batch_size} of {tuple(config.data.input_shape)}{others}, '
         f'{config.compute_dtype}')
@@ -320,6 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f'ms/batch of {config.batch_size} (min {decode_result["min_ms_per_step"]:.2f}), '
           f'beam {beam}, mean length {decode_result["length"]:.1f} tokens  '
           f'compile {decode_result["compile_s"]:.1f} s')
+  if args.detect:
+    ms = detect_result['ms_per_step']
+    print(f'{"detect":<11s} {config.batch_size / ms * 1e3:9.1f} images/s  {ms:9.2f} '
+          f'ms/batch of {config.batch_size} (min {detect_result["min_ms_per_step"]:.2f}), '
+          f'{detect_result["rows"]} detections per image  '
+          f'compile {detect_result["compile_s"]:.1f} s')
   return 0
 
 

@@ -122,6 +122,27 @@ def test_boxes_cut_away_are_dropped_with_their_labels_and_cut_ones_clipped():
                                      (cols.max() + 1) / 8], atol=1e-6)
 
 
+def test_instance_maps_are_renumbered_when_a_crop_drops_objects():
+  scene = _scene()
+  # The object the crop drops first: objects (3, 1, 2) of `_scene`, ids in that order.
+  order = [2, 0, 1]
+  scene['objects'] = {k: tf.gather(v, order) for k, v in scene['objects'].items()}
+  scene['instances'] = tf.constant(np.array([0, 2, 3, 1], np.uint8)[
+      scene['segmentation'].numpy()])
+  joint = 'instance_maps=("instances",), boxes=("objects/bbox",)'
+  out = _run(f'central_crop(8, {joint})', scene)
+  np.testing.assert_array_equal(out['objects']['shape'], [3, 1])
+  assert set(np.unique(out['instances'])) == {0, 1, 2}
+  for i, box in enumerate(out['objects']['bbox'], 1):  # id i is the i-th kept object
+    rows, cols = np.nonzero(out['instances'][..., 0] == i)
+    np.testing.assert_allclose(box, [rows.min() / 8, cols.min() / 8, (rows.max() + 1) / 8,
+                                     (cols.max() + 1) / 8], atol=1e-6)
+  flipped = _run(f'flip_lr(prob=1.0, {joint})', scene)
+  np.testing.assert_array_equal(flipped['instances'], scene['instances'].numpy()[:, ::-1])
+  with pytest.raises(ValueError, match='instance_maps need the one boxes key'):
+    _run('flip_lr(instance_maps=("instances",))', scene)
+
+
 def test_label_maps_stay_integer_and_aligned_through_resizing_crops():
   scene = _scene()
   values = set(np.unique(scene['segmentation']))

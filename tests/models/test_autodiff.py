@@ -76,6 +76,20 @@ def _clip_logits(out):
   return image * text * jnp.exp(logit_scale)
 
 
+def _dense_detector_logits(out):
+  """FCOS's class, box and centerness outputs of every location and CondInst's mask
+  features and controllers, flattened per example."""
+  return jnp.concatenate([out[k].reshape(out[k].shape[0], -1)
+                          for k in ('class_logits', 'ltrb', 'centerness_logits',
+                                    'mask_features', 'controllers')], axis=-1)
+
+
+def _detr_logits(out):
+  """The last decoder layer's class logits and boxes, flattened per example."""
+  return jnp.concatenate([out[k][-1].reshape(out[k].shape[1], -1)
+                          for k in ('logits', 'boxes')], axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
   # The config.model fields that build it, or (family, dtype -> module) for a module
@@ -209,6 +223,22 @@ VARIANTS = {
                     (2, 4, 4, 1), lambda x: (jnp.tile(jnp.array([[1, 4, 5, 2]]),
                                                       (x.shape[0], 1)),),
                     to_logits=_clip_logits, train_mode=False),
+    # The dense heads' outputs side by side; eval mode only, to keep the suite short.
+    'fcos': Variant(dict(name='fcos', num_classes=3, depth=18, num_filters=2, stem='cifar',
+                         levels=('stage3', 'stage4'), fpn_features=4, head_convs=1,
+                         num_groups=2, regression='exp', mask_features=2,
+                         mask_branch_convs=1, mask_head_channels=2), (2, 16, 16, 1),
+                    to_logits=_dense_detector_logits, train_mode=False),
+    'segmentation': Variant(dict(name='segmentation', num_classes=3, arch='unet',
+                                 features=(4, 8)), (2, 8, 8, 1),
+                            to_logits=lambda out: out.reshape(out.shape[0], -1),
+                            train_mode=False),
+    'detr': Variant(dict(name='detr', num_classes=3, num_queries=3, hidden_dim=16, num_heads=2,
+                         num_encoder_layers=1, num_decoder_layers=2, mlp_dim=16,
+                         dropout_rate=0.1, backbone=dict(name='cnn', features=(16,),
+                                                         dense_features=(),
+                                                         use_batchnorm=True)),
+                    (2, 8, 8, 1), to_logits=_detr_logits, train_mode=False),
 }
 MODES = [pytest.param(name, train, id=f'{name}-{"train" if train else "eval"}')
          for name, variant in VARIANTS.items()

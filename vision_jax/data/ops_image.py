@@ -6,7 +6,8 @@ get the same crop and flip.
 The geometric ops (`flip_lr`, `random_crop`, `central_crop`, `resize`, `resize_small`,
 `random_resized_crop`) move several features with one draw:
 
-  flip_lr(label_maps=('segmentation', 'instances'), boxes=('objects/bbox',))
+  flip_lr(label_maps=('segmentation',), instance_maps=('instances',),
+          boxes=('objects/bbox',))
 
   * the image at `inkey` (written to `outkey`; `key=` sets both) decides the geometry
     and is interpolated with `method`;
@@ -18,6 +19,9 @@ The geometric ops (`flip_lr`, `random_crop`, `central_crop`, `resize`, `resize_s
     entirely, together with the other fields of the same object: the other fields
     of the nested dict (`example['objects']`) or flat keys with the same prefix
     ('objects/...'). Pad boxes (`pad_sequence`) after the geometric ops.
+  * `instance_maps` (pixel value i marks objects[i - 1], 0 none) move like label maps
+    and are renumbered when a crop drops objects, so that they keep naming the
+    objects that remain (the dropped objects' pixels, if any are left, become 0).
 """
 
 import tensorflow as tf
@@ -102,9 +106,14 @@ def _as_keys(keys) -> tuple[str, ...]:
 class _Joint:
   """The features one geometric op moves together (see the module docstring)."""
 
-  def __init__(self, key=None, inkey='image', outkey='image', label_maps=(), boxes=()):
+  def __init__(self, key=None, inkey='image', outkey='image', label_maps=(), boxes=(),
+               instance_maps=()):
     self.inkey, self.outkey = (key, key) if key else (inkey, outkey)
     self.label_maps, self.boxes = _as_keys(label_maps), _as_keys(boxes)
+    self.instance_maps = _as_keys(instance_maps)
+    if self.instance_maps and len(self.boxes) != 1:
+      raise ValueError('instance_maps need the one boxes key of their objects, e.g. '
+                       "boxes=('objects/bbox',)")
 
   def image(self, example):
     return get_key(example, self.inkey)
@@ -113,7 +122,7 @@ class _Joint:
     """Sets outkey to image_fn(image), each label map to map_fn(map), and the boxes to
     box_fn(boxes) -> (boxes, keep or None); `keep` also filters the boxes' siblings."""
     set_key(example, self.outkey, image_fn(self.image(example)))
-    for k in self.label_maps:
+    for k in self.label_maps + self.instance_maps:
       set_key(example, k, map_fn(get_key(example, k)))
     for k in self.boxes if box_fn else ():
       original = get_key(example, k)
@@ -127,6 +136,12 @@ class _Joint:
         if value.shape.rank:
           set_key(example, other, tf.boolean_mask(value, keep))
       set_key(example, k, tf.boolean_mask(boxes, keep))
+      # Old id i -> its rank among the kept objects (1-based), 0 if dropped.
+      kept = tf.cast(keep, tf.int32)
+      renumber = tf.concat([[0], tf.math.cumsum(kept) * kept], 0)
+      for m in self.instance_maps:
+        ids = get_key(example, m)
+        set_key(example, m, tf.cast(tf.gather(renumber, tf.cast(ids, tf.int32)), ids.dtype))
     return example
 
 

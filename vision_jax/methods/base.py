@@ -202,3 +202,22 @@ def apply_model(model, params, model_state, inputs, *, train: bool,
     return model.apply(variables, inputs, train=True, rngs=rngs,
                        mutable=list(model_state), **kwargs)
   return model.apply(variables, inputs, train=train, rngs=rngs, **kwargs), model_state
+
+
+def named_classes(method: str, options, *, fallback: int = 0,
+                  example: str = "('circle', 'square', ...)") -> tuple[int, tuple[str, ...]]:
+  """`(K, the K class names)` from a method's `class_names` and `num_classes` options.
+
+  K is `num_classes`, else the number of names, else `fallback` (e.g. the categories of
+  the data); without names the classes are called '0', '1', .... Neither, or names of
+  another count than `num_classes`, is a one-line error naming `method`'s options.
+  """
+  names = tuple(options.class_names)
+  count = options.num_classes or len(names) or fallback
+  if not count:
+    raise config_lib.ConfigError(
+        f'{method}: set {method}.class_names (or {method}.num_classes) to the classes, '
+        f'e.g. {example}')
+  if names and len(names) != count:
+    raise config_lib.ConfigError(f'{method}: {len(names)} class_names but num_classes {count}')
+  return count, names or tuple(map(str, range(count)))

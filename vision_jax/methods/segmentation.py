@@ -57,20 +57,12 @@ class Method(base.Method):
 
   def __init__(self, config, data_info, **kwargs):
     super().__init__(config, data_info, **kwargs)
-    names = tuple(self.options.class_names)
-    self.num_classes = self.options.num_classes or len(names)
-    if not self.num_classes:
-      raise config_lib.ConfigError(
-          'segmentation: set segmentation.class_names (or segmentation.num_classes) to the '
-          "classes of the label maps, e.g. ('background', 'circle', ...)")
-    if names and len(names) != self.num_classes:
-      raise config_lib.ConfigError(
-          f'segmentation: {len(names)} class_names but num_classes {self.num_classes}')
+    self.num_classes, self.class_names = base.named_classes(
+        'segmentation', self.options, example="('background', 'circle', ...)")
     if 0 <= self.options.ignore_label < self.num_classes:
       raise config_lib.ConfigError(
           f'segmentation.ignore_label {self.options.ignore_label} is one of the '
           f'{self.num_classes} classes; use a label outside 0..{self.num_classes - 1}')
-    self.class_names = names or tuple(map(str, range(self.num_classes)))
     self.model = models.get_model(config.model, num_classes=self.num_classes,
                                   dtype=self.compute_dtype)
 
