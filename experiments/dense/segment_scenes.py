@@ -18,15 +18,15 @@ vertical axis, so a flip keeps the classes). The evaluator sums one confusion ma
 over the 2,000 test scenes and reports mean IoU, pixel accuracy and each class's IoU.
 
 Goal: mean IoU of at least 0.85 on the test split within 15 minutes on 2 CPU cores.
-Measured on the test split (2 cores of an Intel Xeon with AVX-512, shared with a test
-run, so the times are upper bounds), wall time from launch to the final evaluation:
+Measured on the test split on 2 cores of an Intel Xeon with AVX-512 (the U-Net's run
+shared them with a test run, so its time is an upper bound); wall time from launch to
+the final evaluation:
 
   arch   epochs   mean IoU   pixel accuracy   worst class IoU   wall time
   unet   5        0.867      0.983            0.813 (star)      11 min 17 s
-  fcn    4        0.832      0.979            0.766 (star)       7 min 52 s
+  fcn    6        0.859      0.983            0.806 (star)       8 min 41 s
 
-The U-Net meets the goal; the FCN misses it by 0.018 at 4 epochs (each shape's IoU
-3-5 points below the U-Net's).
+Both meet the goal. (At 4 epochs the FCN reached 0.832.)
 
 The embedded dataset is generated on first use (about 1.5 minutes). `:local` (e.g.
 `:arch=unet,local`) is a seconds-long smoke run with a tiny model.
@@ -46,7 +46,7 @@ TINY_MODELS = {
                 skips=('stage4', 'stage3', 'stage2')),
     'unet': dict(name='segmentation', arch='unet', features=(4, 8, 16)),
 }
-EPOCHS = {'fcn': 4, 'unet': 5}
+EPOCHS = {'fcn': 6, 'unet': 5}
 KEEP = "keep('image', 'segmentation')"
 
 
