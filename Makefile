@@ -7,10 +7,14 @@ WORKDIR ?= runs/cnn_digits
 
 .PHONY: run test venv clean
 
+# jax2onnx (the ONNX exporter) pins orbax-checkpoint below this project's version for
+# code paths the exporter does not take, so it goes in without its dependencies; those
+# it needs are pinned in requirements.txt.
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps jax2onnx==0.17.1
 	touch $@
 
 venv: $(VENV)/.installed

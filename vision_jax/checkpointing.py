@@ -325,28 +325,48 @@ def _subtree_pairs(subtrees: Any) -> list[tuple[str, str]]:
   return pairs
 
 
+# Pretrained weights that `init_from.path` may name directly (`vision_jax.convert`).
+WEIGHTS_FILES = ('.safetensors', '.pth', '.pt', '.bin')
+
+
+def _converted_weights(path: str) -> tuple[str, dict[str, Any]]:
+  """`(path, {'params': ..., 'model_state': ...})` of a torchvision or open_clip file."""
+  from vision_jax import convert  # pylint: disable=g-import-not-at-top
+  try:
+    return path, convert.convert_file(path).variables
+  except convert.ConversionError as e:
+    raise CheckpointError(f'init_from.path: {e}') from None
+
+
 def initialize_from(init_from: ml_collections.ConfigDict, state: Any,
                     state_sharding: Any) -> Any:
   """`state` with the subtrees `init_from` names read from another run's checkpoint.
 
   `init_from.path` is that run's workdir (its latest checkpoint, or `init_from.step`),
-  one of its checkpoint folders `<workdir>/checkpoints/<step>`, or that folder's
-  `default/`. Each of `init_from.subtrees` is a '/'-separated path into the state
-  ('params', 'model_state/batch_stats/backbone'), copied to the same path, or a
-  'source:target' pair ('params/encoder:params/backbone'). The paths of
-  `init_from.exclude` ('params/head': a new classifier on a pretrained encoder) keep
-  their initial values, and no target leaf may be left without a source leaf but
-  those. Only those arrays are read,
-  straight into the shardings of `state_sharding`; the rest of `state` (the optimizer
-  state, the step, other params) is returned as it came. Returns `state` itself when
-  `init_from.path` is unset. Raises `CheckpointError` naming the path, subtree or leaf
-  for a missing checkpoint or subtree, a different structure, shape or dtype, or a
-  corrupt checkpoint.
+  one of its checkpoint folders `<workdir>/checkpoints/<step>`, that folder's
+  `default/`, the output folder of `vision_jax.convert`, or a torchvision / open_clip
+  weights file (`.safetensors`, or `.pth` with PyTorch installed), converted on the fly.
+  Each of `init_from.subtrees` is a '/'-separated path into the state ('params',
+  'model_state/batch_stats/backbone'), copied to the same path, or a 'source:target'
+  pair ('params/encoder:params/backbone'). The paths of `init_from.exclude`
+  ('params/head': a new classifier on a pretrained network) keep their initial values,
+  whatever the checkpoint holds there, and no other target leaf may be left without a
+  source leaf. Only those arrays are read, straight into the shardings of
+  `state_sharding`; the rest of `state` (the optimizer state, the step, other params) is
+  returned as it came. Returns `state` itself when `init_from.path` is unset. Raises
+  `CheckpointError` naming the path, subtree or leaf for a missing checkpoint or
+  subtree, a different structure, shape or dtype, or a corrupt checkpoint.
   """
   if not init_from.get('path'):
     return state
-  item = _checkpoint_item(init_from.path, init_from.get('step'))
-  saved = _read_tree_metadata(item)
+  if os.path.isfile(os.path.expanduser(init_from.path)) and init_from.path.endswith(
+      WEIGHTS_FILES):
+    item, saved = _converted_weights(init_from.path)
+    read = lambda target: saved
+  else:
+    item = _checkpoint_item(init_from.path, init_from.get('step'))
+    saved = _read_tree_metadata(item)
+    read = lambda target: _restore_item(item, target)
   saved_flat = _flat(saved)
   state_tree = flax.serialization.to_state_dict(state)
   state_flat, sharding_flat = _flat(state), _flat(state_sharding)
@@ -365,7 +385,8 @@ def initialize_from(init_from: ml_collections.ConfigDict, state: Any,
   for source, target in _subtree_pairs(init_from.get('subtrees', ('params', 'model_state'))):
     _find(saved, source, f'the checkpoint {item}')
     _find(state_tree, target, 'this experiment\'s state')
-    from_checkpoint, into_state = _under(saved_flat, source), kept(_under(state_flat, target), target)
+    from_checkpoint = kept(_under(saved_flat, source), target)
+    into_state = kept(_under(state_flat, target), target)
     if set(from_checkpoint) != set(into_state):
       only_saved = sorted(set(from_checkpoint) - set(into_state))[:3]
       only_state = sorted(set(into_state) - set(from_checkpoint))[:3]
@@ -387,7 +408,7 @@ def initialize_from(init_from: ml_collections.ConfigDict, state: Any,
   # A partial restore: placeholders are not read, the rest lands in its final sharding.
   restore_target = jax.tree_util.tree_map_with_path(
       lambda path, _: targets.get(_path_name(path), (None, ocp.PLACEHOLDER))[1], saved)
-  restored = _flat(_restore_item(item, restore_target))
+  restored = _flat(read(restore_target))
   copies = {state_path: restored[saved_path] for saved_path, (state_path, _) in targets.items()}
   leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
   return jax.tree.unflatten(treedef, [

@@ -31,10 +31,17 @@ Evaluators: `retrieval` (recall@1/5/10 both ways over the 5,000 test images and 
 that is prepared), zero-shot classification from its class names with prompts of the
 paper's ensemble.
 
+`:pretrained=DIR` starts from OpenAI's or open_clip's weights converted by
+`python -m vision_jax.convert --from open_clip --arch ViT-B-32-quickgelu --in FILE --out
+DIR` (the model then takes the converted `model.json`: QuickGELU and LayerNorm epsilon
+1e-5 for OpenAI's weights) and fine-tunes them; `--config.total_steps=1 --config.lr=0`
+evaluates them unchanged, e.g. zero-shot with `:pretrained=DIR,zero_shot=cifar10`.
+
 This recipe has not been run here: there is neither COCO nor an accelerator on this
 machine. `:local` is `clip_scenes.py`'s smoke run on the embedded scenes.
 """
 
+import json
 import os
 
 import ml_collections
@@ -58,10 +65,10 @@ TEMPLATES = ('a photo of a {}.', 'a bad photo of a {}.', 'a photo of the large {
 
 def get_config(arg=None):
   args = config_lib.parse_config_args(arg)
-  unknown = set(args) - {'data', 'bpe', 'zero_shot', 'local'}
+  unknown = set(args) - {'data', 'bpe', 'zero_shot', 'pretrained', 'local'}
   if unknown:
     raise ValueError(f'unknown arguments {sorted(unknown)}; use data=tfds|json, '
-                     'bpe=PATH, zero_shot=DATASET, local')
+                     'bpe=PATH, zero_shot=DATASET, pretrained=DIR, local')
   if 'local' in args:
     return _RECIPE.get_config('local')
   data = args.get('data', 'tfds')
@@ -95,6 +102,19 @@ def get_config(arg=None):
   config.data.input_shape = (224, 224, 3)
 
   config.model = ml_collections.ConfigDict(dict(name='clip', **clip.CLIP_VIT_B32))
+  if args.get('pretrained'):
+    converted = os.path.join(os.path.expanduser(args['pretrained']), 'model.json')
+    if not os.path.isfile(converted):
+      raise ValueError(f'pretrained={args["pretrained"]} has no model.json; name a folder '
+                       'written by python -m vision_jax.convert')
+    with open(converted, encoding='utf-8') as f:
+      model = json.load(f)['model']
+    if model.get('name') != 'clip':
+      raise ValueError(f'pretrained={args["pretrained"]} holds a {model.get("name")!r} '
+                       'model, not a CLIP')
+    config.model = ml_collections.ConfigDict(model)
+    config.init_from.path = args['pretrained']
+    config.init_from.subtrees = ('params',)
 
   config.optimizer.name = 'adamw'
   config.optimizer.b2 = 0.98

@@ -14,9 +14,10 @@ at 100).
 
 At OpenAI's ViT-B/32 sizes (`CLIP_VIT_B32`: image ViT-B/32 at 224 with `patch_bias=False`
 and `pre_norm=True`, text width 512, 12 layers, 8 heads, vocabulary 49,408, context 77,
-embedding 512) the model has exactly 151,277,313 parameters, OpenAI's count. Two
-differences from OpenAI's code that change no parameter: the MLPs use the exact GELU
-where OpenAI's checkpoints use QuickGELU, and the end-of-text position is the first
+embedding 512) the model has exactly 151,277,313 parameters, OpenAI's count. The MLPs
+use the exact GELU and the LayerNorms epsilon 1e-6 unless told otherwise; OpenAI's
+checkpoints need `mlp_activation='quick_gelu'` and `layer_norm_epsilon=1e-5` on both
+towers (`vision_jax.convert` writes them). The end-of-text position is the first
 `eos_id` token, which is OpenAI's `argmax` of the ids when the end-of-text token has the
 largest id, as in its byte-pair vocabulary.
 """
@@ -68,6 +69,8 @@ class TextTransformer(nn.Module):
     eos_id: the end-of-text token id.
     pad_id: the padding token id.
     dtype: compute dtype; parameters stay float32.
+    layer_norm_epsilon: every LayerNorm's epsilon.
+    mlp_activation: the MLPs' activation, 'gelu' or 'quick_gelu'.
   """
   vocab_size: int
   width: int = 512
@@ -78,6 +81,8 @@ class TextTransformer(nn.Module):
   eos_id: int = text.Vocabulary.eos_id
   pad_id: int = text.Vocabulary.pad_id
   dtype: Any = jnp.float32
+  layer_norm_epsilon: float = 1e-6
+  mlp_activation: str = 'gelu'
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:
@@ -93,6 +98,8 @@ class TextTransformer(nn.Module):
     # never reaches it.
     x = transformer.Encoder(num_layers=self.depth, num_heads=self.num_heads,
                             mlp_dim=self.mlp_dim or 4 * self.width, dtype=self.dtype,
+                            layer_norm_epsilon=self.layer_norm_epsilon,
+                            mlp_activation=self.mlp_activation,
                             name='Transformer')(x, nn.make_causal_mask(tokens), train=train)
     ends = end_of_text_positions(tokens, self.eos_id, self.pad_id)
     return jnp.take_along_axis(x, ends[:, None, None], axis=1)[:, 0]
@@ -120,6 +127,9 @@ class Model(nn.Module):
       byte-pair vocabulary).
     pad_id: the padding token id.
     dtype: compute dtype; parameters stay float32 and the embeddings are float32.
+    text_layer_norm_epsilon: the text tower's LayerNorm epsilon (the image tower's is in
+      `image`).
+    text_mlp_activation: the text tower's MLP activation, 'gelu' or 'quick_gelu'.
   """
   vocab_size: int
   image: Mapping[str, Any] | None = None
@@ -133,6 +143,8 @@ class Model(nn.Module):
   eos_id: int = text.Vocabulary.eos_id
   pad_id: int = text.Vocabulary.pad_id
   dtype: Any = jnp.float32
+  text_layer_norm_epsilon: float = 1e-6
+  text_mlp_activation: str = 'gelu'
 
   def setup(self):
     if not self.image or 'name' not in self.image:
@@ -142,7 +154,8 @@ class Model(nn.Module):
     self.image_projection = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
     self.text_encoder = TextTransformer(
         self.vocab_size, self.text_width, self.text_depth, self.text_heads,
-        self.text_mlp_dim, self.max_len, self.eos_id, self.pad_id, self.dtype)
+        self.text_mlp_dim, self.max_len, self.eos_id, self.pad_id, self.dtype,
+        self.text_layer_norm_epsilon, self.text_mlp_activation)
     self.text_projection = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
     self.logit_scale = self.param('logit_scale',
                                   nn.initializers.constant(self.logit_scale_init), ())

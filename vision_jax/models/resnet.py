@@ -193,7 +193,9 @@ class Model(nn.Module):
     x = maps['stem'] = nn.relu(
         batch_norm(self.norm, train, dtype=self.dtype, name='bn_init')(x))
     if imagenet_stem:
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      # Padded by hand: jax2onnx's max_pool drops an explicit `padding` (it exports VALID).
+      x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+      x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
     for stage, num_blocks in enumerate(stage_sizes):
       for i in range(num_blocks):
         x = block(

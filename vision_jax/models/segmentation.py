@@ -53,7 +53,9 @@ TINY_UNET = dict(arch='unet', features=(4, 8, 16))
 
 def _upsample(x: jax.Array, height: int, width: int) -> jax.Array:
   """Bilinear resize of [B, h, w, C] to [B, height, width, C] (half-pixel centres)."""
-  return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), 'bilinear')
+  # Upsampling only, where antialiasing changes nothing; without it jax2onnx converts it.
+  return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), 'bilinear',
+                          antialias=False)
 
 
 def _float_logits(x: jax.Array) -> jax.Array:
@@ -176,7 +178,7 @@ class UNet(nn.Module):
     for i, features in enumerate(self.features[:-1]):
       x = block(features, f'down{i}')(x, train=train)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
     x = block(self.features[-1], 'bottom')(x, train=train)
     for i in reversed(range(levels - 1)):
       features = self.features[i]

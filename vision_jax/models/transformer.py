@@ -28,6 +28,14 @@ def _needs_fp32_softmax(dtype: Any) -> bool:
   return jnp.finfo(dtype).bits < 32
 
 
+ACTIVATIONS = ('gelu', 'quick_gelu')
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """x * sigmoid(1.702 x): the GELU approximation of OpenAI's CLIP checkpoints."""
+  return x * nn.sigmoid(1.702 * x)
+
+
 class MlpBlock(nn.Module):
   """Dense, GELU, dropout, Dense back to the input width, dropout.
 
@@ -35,19 +43,23 @@ class MlpBlock(nn.Module):
     mlp_dim: width of the hidden layer (4x the model width in ViT).
     dropout_rate: dropout after the hidden layer and after the output.
     dtype: compute dtype; parameters stay float32.
+    activation: 'gelu' (the exact GELU) or 'quick_gelu' (OpenAI CLIP's weights).
   """
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  activation: str = 'gelu'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     width = x.shape[-1]
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=kernel_init,
                  bias_init=bias_init)(x)
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f'MLP activation must be one of {ACTIVATIONS}, got {self.activation!r}.')
     # The exact GELU, as in the paper and in torchvision's and timm's ViTs, so that
     # their weights give their outputs.
-    x = nn.gelu(x, approximate=False)
+    x = nn.gelu(x, approximate=False) if self.activation == 'gelu' else quick_gelu(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(width, dtype=self.dtype, kernel_init=kernel_init, bias_init=bias_init)(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -68,6 +80,8 @@ class EncoderBlock(nn.Module):
     dtype: compute dtype; parameters stay float32.
     sow_attention_weights: store the attention weights in the 'intermediates'
       collection (when it is mutable), for figures.
+    layer_norm_epsilon: the LayerNorms' epsilon (1e-6 as in ViT; 1e-5 in CLIP).
+    mlp_activation: the MLP's activation, 'gelu' or 'quick_gelu'.
   """
   num_heads: int
   mlp_dim: int
@@ -75,11 +89,13 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   sow_attention_weights: bool = False
+  layer_norm_epsilon: float = 1e-6
+  mlp_activation: str = 'gelu'
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
                train: bool = False) -> jax.Array:
-    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, kernel_init=kernel_init,
         dropout_rate=self.attention_dropout_rate,
@@ -87,8 +103,9 @@ class EncoderBlock(nn.Module):
     )(y, y, mask=mask, deterministic=not train, sow_weights=self.sow_attention_weights)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     x = x + y
-    y = nn.LayerNorm(dtype=self.dtype)(x)
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype)(y, train=train)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
+    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.mlp_activation)(
+        y, train=train)
     return x + y
 
 
@@ -106,6 +123,8 @@ class Encoder(nn.Module):
     attention_dropout_rate: dropout on the attention weights.
     dtype: compute dtype; parameters stay float32.
     sow_attention_weights: store every block's attention weights in 'intermediates'.
+    layer_norm_epsilon: every LayerNorm's epsilon.
+    mlp_activation: every MLP's activation, 'gelu' or 'quick_gelu'.
   """
   num_layers: int
   num_heads: int
@@ -114,6 +133,8 @@ class Encoder(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   sow_attention_weights: bool = False
+  layer_norm_epsilon: float = 1e-6
+  mlp_activation: str = 'gelu'
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -123,8 +144,10 @@ class Encoder(nn.Module):
           num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
           sow_attention_weights=self.sow_attention_weights,
+          layer_norm_epsilon=self.layer_norm_epsilon, mlp_activation=self.mlp_activation,
           name=f'encoderblock_{i}')(x, mask, train=train)
-    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+    return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                        name='encoder_norm')(x)
 
 
 def _frequencies(count: int, temperature: float) -> jax.Array:

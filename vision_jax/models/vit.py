@@ -100,6 +100,9 @@ class Model(nn.Module):
     patch_bias: whether the patch embedding has a bias (CLIP's has none).
     pre_norm: a LayerNorm 'pre_norm' on the embedded tokens before the encoder (CLIP's
       `ln_pre`).
+    layer_norm_epsilon: every LayerNorm's epsilon (1e-6, torchvision's and big_vision's;
+      1e-5 for OpenAI's CLIP weights).
+    mlp_activation: 'gelu' (exact) or 'quick_gelu' (OpenAI's CLIP weights).
   """
   variant: str | None = 'B/16'
   width: int | None = None
@@ -117,6 +120,8 @@ class Model(nn.Module):
   sow_attention_weights: bool = False
   patch_bias: bool = True
   pre_norm: bool = False
+  layer_norm_epsilon: float = 1e-6
+  mlp_activation: str = 'gelu'
 
   def sizes(self) -> dict[str, Any]:
     """width, depth, mlp_dim, num_heads and patch_size (a pair), the explicit ones
@@ -179,13 +184,14 @@ class Model(nn.Module):
       if cls:
         x = class_token(x)
     if self.pre_norm:
-      x = nn.LayerNorm(dtype=self.dtype, name='pre_norm')(x)
+      x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='pre_norm')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
     x = transformer.Encoder(
         num_layers=sizes['depth'], num_heads=sizes['num_heads'], mlp_dim=sizes['mlp_dim'],
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         dtype=self.dtype, sow_attention_weights=self.sow_attention_weights,
+        layer_norm_epsilon=self.layer_norm_epsilon, mlp_activation=self.mlp_activation,
         name='Transformer')(x, train=train)
     tokens = x[:, 1:] if cls else x
     maps['tokens'] = tokens.reshape(batch, h, w, width)
