@@ -329,11 +329,11 @@ def _subtree_pairs(subtrees: Any) -> list[tuple[str, str]]:
 WEIGHTS_FILES = ('.safetensors', '.pth', '.pt', '.bin')
 
 
-def _converted_weights(path: str) -> tuple[str, dict[str, Any]]:
-  """`(path, {'params': ..., 'model_state': ...})` of a torchvision or open_clip file."""
+def _converted_weights(path: str) -> dict[str, Any]:
+  """`{'params': ..., 'model_state': ...}` of a torchvision or open_clip weights file."""
   from vision_jax import convert  # pylint: disable=g-import-not-at-top
   try:
-    return path, convert.convert_file(path).variables
+    return convert.convert_file(path).variables
   except convert.ConversionError as e:
     raise CheckpointError(f'init_from.path: {e}') from None
 
@@ -361,7 +361,7 @@ def initialize_from(init_from: ml_collections.ConfigDict, state: Any,
     return state
   if os.path.isfile(os.path.expanduser(init_from.path)) and init_from.path.endswith(
       WEIGHTS_FILES):
-    item, saved = _converted_weights(init_from.path)
+    item, saved = init_from.path, _converted_weights(init_from.path)
     read = lambda target: saved
   else:
     item = _checkpoint_item(init_from.path, init_from.get('step'))
