@@ -19,7 +19,8 @@ per 256 images with 1 epoch of warm-up then cosine decay, no weight decay on bia
 norms (1e-4 on kernels), 10 epochs of random resized crops and flips. The embedded default
 is `scenes/single` (40 colour-shape classes); your own images are
 `--config.data.name=folder:/path` in the layout `root/<split>/<class>/<image>`. Meant for
-an accelerator at 224 pixels; on a CPU, `:image_size=64` trains a ResNet-18 in minutes.
+an accelerator at 224 pixels; the full recipe has not been run here (no pretrained file
+and no accelerator on this machine), only `:local` in the tests.
 
 `:local` is a seconds-long smoke run at 32 pixels.
 """
