@@ -68,6 +68,20 @@ def test_method_options_are_fields_to_override():
         '--config.naive_bayes.smothing=0.5'])
 
 
+def test_evaluator_options_are_fields_to_override():
+  parser = config_lib.command_line_parser('test', 'doc')
+  _, config = config_lib.parse_command_line(parser, [
+      '--config', 'experiments/vision_language/clip_scenes.py:local',
+      '--config.evals.probe.train_split=train[:400]'])
+  assert config.evals.probe.train_split == 'train[:400]'
+  assert config.evals.probe.knn_k == 200  # the probe's defaults are filled in
+  assert config.evals.zero_shot.templates == ('a {}.', 'there is a {}.', 'an image of a {}.')
+  with pytest.raises(config_lib.ConfigError, match='did you mean evals.probe.knn_k'):
+    config_lib.parse_command_line(parser, [
+        '--config', 'experiments/vision_language/clip_scenes.py:local',
+        '--config.evals.probe.knn_kk=5'])
+
+
 def test_completing_options_leaves_the_defaults_placeholders_alone():
   """A method's OPTIONS holds placeholders (field references): a value set in one run's
   options must not become every later method's default."""

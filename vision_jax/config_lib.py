@@ -46,6 +46,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   except (ValueError, KeyError, TypeError) as e:
     raise ConfigError(f'config file {path} rejected argument {arg!r}: {e}') from e
   add_method_options(config)
+  add_evaluator_options(config)
   config.lock()
   return config
 
@@ -64,6 +65,28 @@ def add_method_options(config: ml_collections.ConfigDict) -> None:
   with config.unlocked():
     config[method.name] = complete(given, ml_collections.ConfigDict(method.OPTIONS),
                                    method.name)
+
+
+def add_evaluator_options(config: ml_collections.ConfigDict) -> None:
+  """Completes each `config.evals.<name>` with its type's `OPTIONS`, so that every option
+  of an evaluator can be overridden (`--config.evals.probe.train_split=train[:4000]`)
+  and a misspelt one is an error naming it. An unknown type is left for the trainer to
+  report."""
+  for name, evaluator in (config.get('evals') or {}).items():
+    if not isinstance(evaluator, ml_collections.ConfigDict) or not evaluator.get('type'):
+      continue
+    try:
+      module = importlib.import_module(f'vision_jax.evaluators.{evaluator.type}')
+    except ModuleNotFoundError:
+      continue
+    free_form = {k: evaluator[k] for k in module.Evaluator.FREE_FORM_OPTIONS if k in evaluator}
+    defaults = evaluator_config()
+    defaults.update(module.Evaluator.OPTIONS)
+    completed = complete({k: v for k, v in evaluator.items() if k not in free_form},
+                         defaults, f'evals.{name}')
+    completed.update(free_form)
+    with config.unlocked():
+      config.evals[name] = completed
 
 
 def parse_config_args(spec: str) -> dict[str, str]:

@@ -46,6 +46,8 @@ class Evaluator:
       or None outside the trainer.
   """
   OPTIONS: dict[str, Any] = {}
+  # Fields of a type's config that hold another component's options, passed on as given.
+  FREE_FORM_OPTIONS: tuple[str, ...] = ()
   READS_DATA = True
 
   def __init__(self, method, config: ml_collections.ConfigDict, *, name: str, workdir: str,

@@ -52,6 +52,9 @@ class Evaluator(evaluators.Evaluator):
              'fid_classifier': '', 'fid_samples': 1000, 'fid_reference_split': 'train',
              'fid_neighbours': 3}
 
+  # The method's own options, checked by the method, not completed as the evaluator's.
+  FREE_FORM_OPTIONS = ('sample_options',)
+
   def __init__(self, method, config, **kwargs):
     # `sample_options` is free-form (the method's own options): checked by the method.
     config = ml_collections.ConfigDict(dict(config or {}))

@@ -86,6 +86,7 @@ class Evaluator(evaluators.Evaluator):
   Its pp must keep 'captions' (added to `keep_on_cpu`, since they are strings)."""
   OPTIONS = {'caption_images': 8, 'samples_per_class': 4, 'prompt_template': 'a {}.',
              'class_names': None, 'classifier_workdir': '', 'clip_workdir': ''}
+  FREE_FORM_OPTIONS = ('sample_options',)  # the method's own
 
   def __init__(self, method, config, **kwargs):
     config = dict(config or {})
