@@ -29,7 +29,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from vision_jax import checkpointing, config_lib, evaluators, host_memory, parallel, reporting
+from vision_jax import checkpointing, compilation_cache, config_lib, evaluators, host_memory
+from vision_jax import parallel, reporting
 from vision_jax.data import pipeline
 from vision_jax.methods import get_method_class
 
@@ -311,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   host_memory.keep_freed_memory()
+  compilation_cache.enable()
   parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                   args.process_id)
   try:
