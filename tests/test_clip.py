@@ -47,6 +47,27 @@ def test_clip_loss_is_the_papers_pseudo_code(n, dim, t):
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def test_clip_loss_with_hard_negatives_is_negclips():
+  """NegCLIP: the negatives are more columns of each image's softmax over texts only."""
+  rng = np.random.default_rng(3)
+  images, texts, negatives = (rng.normal(size=(5, 4)) for _ in range(3))
+  mask = np.array([True, False, True, True, False])
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  scale = np.exp(2.0)
+  logits = scale * unit(images) @ unit(np.concatenate([texts, negatives[mask]])).T  # [5, 8]
+  image_to_text = -np.mean(np.diag(logits) - np.log(np.exp(logits).sum(axis=1)))
+  square = logits[:, :5]
+  text_to_image = -np.mean(np.diag(square) - np.log(np.exp(square).sum(axis=0)))
+  got = losses.clip_loss(jnp.asarray(images), jnp.asarray(texts), jnp.float32(2.0),
+                         jnp.asarray(negatives), jnp.asarray(mask))
+  np.testing.assert_allclose(got, (image_to_text + text_to_image) / 2, rtol=1e-5)
+  # No negatives left: the plain loss.
+  np.testing.assert_allclose(
+      losses.clip_loss(jnp.asarray(images), jnp.asarray(texts), jnp.float32(2.0),
+                       jnp.asarray(negatives), jnp.zeros(5, bool)),
+      losses.clip_loss(jnp.asarray(images), jnp.asarray(texts), jnp.float32(2.0)), rtol=1e-6)
+
+
 def test_clip_loss_is_symmetric_only_in_its_two_directions():
   rng = np.random.default_rng(0)
   images, texts = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
@@ -184,6 +205,26 @@ def test_bad_templates_and_foreign_vocabularies_are_errors(scenes_data_dir, tmp_
   config.grad_accum_steps = 2
   with pytest.raises(config_lib.ConfigError, match='grad_accum_steps must be 1'):
     clip_method.Method(config, info, total_steps=1, steps_per_epoch=1)
+
+
+def test_hard_negatives_enter_the_loss(scenes_data_dir):
+  """`clip.hard_negatives`: swapped captions are extra texts of each image's softmax; a
+  negative equal to its caption is left out, so all-equal negatives give the plain loss."""
+  config = config_lib.load_config(CLIP_SCENES + ':negatives,local')
+  assert 'swap_word' in config.data.pp_train and config.clip.hard_negatives
+  from vision_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  info = pipeline.dataset_info(pipeline.get_builder('scenes/multi', scenes_data_dir),
+                               'scenes/multi')
+  method = clip_method.Method(config, info, total_steps=1, steps_per_epoch=1)
+  batch = method.synthetic_batch(4, (32, 32, 3), np.random.default_rng(0))
+  state = method.init_state(jax.random.key(0), batch)
+  loss = lambda b: float(method.loss(state.params, state.model_state, b, jax.random.key(1))[0])
+  plain = loss({**batch, 'negative_tokens': batch['tokens']})
+  swapped = np.array(batch['tokens'])
+  swapped[:, 1] = (swapped[:, 1] + 1) % method.model.vocab_size
+  assert loss({**batch, 'negative_tokens': swapped}) > plain
+  with pytest.raises(config_lib.ConfigError, match='needs batch\\["negative_tokens"\\]'):
+    loss(batch)
 
 
 def test_clip_scenes_trains_evaluates_and_resumes(scenes_data_dir, tmp_path):

@@ -49,7 +49,8 @@ MAX_LOGIT_SCALE = 100.0
 
 
 def clip_loss(image_embeddings: jax.Array, text_embeddings: jax.Array,
-              logit_scale: jax.Array) -> jax.Array:
+              logit_scale: jax.Array, negative_text_embeddings: jax.Array | None = None,
+              negative_mask: jax.Array | None = None) -> jax.Array:
   """CLIP's symmetric cross-entropy (Radford et al. 2021, figure 3), a scalar.
 
   Row i of `image_embeddings` [N, D] and of `text_embeddings` [N, D] are a matching
@@ -61,6 +62,11 @@ def clip_loss(image_embeddings: jax.Array, text_embeddings: jax.Array,
   devices the matrix is global: the negatives are the whole global batch of every
   device and process, and the loss (so the gradient) is that of one device holding
   the global batch.
+
+  `negative_text_embeddings` [M, D] are extra texts that match no image (NegCLIP's hard
+  negatives, Yuksekgonul et al. 2023: captions with a word swapped): they join every
+  image's softmax over texts, as M more columns, and not the texts' softmax over
+  images. `negative_mask` [M] (True: use) leaves out those that equal a true caption.
   """
   if image_embeddings.ndim != 2 or image_embeddings.shape != text_embeddings.shape:
     raise ValueError('clip_loss needs image and text embeddings of one shape [N, D], got '
@@ -73,6 +79,15 @@ def clip_loss(image_embeddings: jax.Array, text_embeddings: jax.Array,
   scale = jnp.minimum(jnp.exp(logit_scale.astype(dtype)), MAX_LOGIT_SCALE)
   logits = scale * images @ texts.T
   diagonal = jnp.diagonal(logits)
-  image_to_text = jax.nn.logsumexp(logits, axis=1) - diagonal
+  image_to_text = jax.nn.logsumexp(logits, axis=1)
+  if negative_text_embeddings is not None:
+    if negative_text_embeddings.ndim != 2 or negative_text_embeddings.shape[1] != texts.shape[1]:
+      raise ValueError('clip_loss needs negative text embeddings [M, D] with D = '
+                       f'{texts.shape[1]}, got {negative_text_embeddings.shape}')
+    negatives = scale * images @ l2_normalize(negative_text_embeddings.astype(dtype)).T
+    if negative_mask is not None:
+      negatives = jnp.where(negative_mask[None, :], negatives, -jnp.inf)
+    image_to_text = jnp.logaddexp(image_to_text, jax.nn.logsumexp(negatives, axis=1))
+  image_to_text = image_to_text - diagonal
   text_to_image = jax.nn.logsumexp(logits, axis=0) - diagonal
   return (jnp.mean(image_to_text) + jnp.mean(text_to_image)) / 2

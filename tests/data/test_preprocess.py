@@ -236,6 +236,23 @@ def test_choose_one_is_fixed_per_seed_and_varies_across_seeds():
   assert set(chosen) == {c.encode() for c in CAPTIONS}
 
 
+def test_swap_word_replaces_one_word_by_one_of_another_group():
+  groups = '(("circle", "disc"), ("square", "box"), ("star",))'
+  caption = 'a red disc is left of a blue box.'
+  swapped = {_run(f'swap_word({groups})', {'caption': tf.constant(caption)}, seed
+                  )['negative_caption'].decode() for seed in range(30)}
+  # One word changes, to the first word of another group, punctuation kept; never to a
+  # synonym (a false negative).
+  assert swapped == {'a red square is left of a blue box.', 'a red star is left of a blue box.',
+                     'a red disc is left of a blue circle.', 'a red disc is left of a blue star.'}
+  draw = lambda seed: _run(f'swap_word({groups})', {'caption': tf.constant(caption)}, seed)
+  assert draw(3)['negative_caption'] == draw(3)['negative_caption']  # fixed per seed
+  out = _run(f'swap_word({groups}, outkey="caption")', {'caption': tf.constant('two objects.')})
+  assert out['caption'] == b'two objects.'  # nothing to swap
+  with pytest.raises(ValueError, match='two or more groups'):
+    preprocess.parse('swap_word((("circle", "disc"),))')
+
+
 def test_pad_sequence_pads_truncates_and_masks():
   scene = _scene()
   out = _run('pad_sequence(5, "objects")', scene)

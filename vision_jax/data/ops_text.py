@@ -40,6 +40,45 @@ def choose_one():
   return fn
 
 
+@register('swap_word')
+@inkey_outkey('caption', 'negative_caption', seeded=True)
+def swap_word(groups):
+  """The text with one of its words that `groups` names replaced by a word of another
+  group: a hard negative for CLIP ('a red disc.' -> 'a red square.').
+
+  `groups` holds tuples of words of one meaning (('circle', 'disc'), ('square', 'box'),
+  ...); the replacement is the first word of another group. The word and the group are
+  drawn from the example's seed. A text with none of the words comes back unchanged.
+  Words are split at spaces; punctuation after a word stays.
+  """
+  words = [w for group in groups for w in group]
+  if len(groups) < 2 or len(set(words)) != len(words):
+    raise ValueError(f'swap_word needs two or more groups of distinct words, got {groups}')
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+          tf.constant(words), tf.constant([i for i, g in enumerate(groups) for _ in g],
+                                          tf.int32)), default_value=-1)
+  replacements = tf.constant([group[0] for group in groups])
+
+  def fn(value, seed):
+    tokens = tf.strings.split(value, ' ')
+    bare = tf.strings.regex_replace(tokens, r'[^\w-]', '')
+    group = table.lookup(bare)
+    candidates = tf.cast(tf.where(group >= 0)[:, 0], tf.int32)
+    pick_seed, group_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+
+    def swap():
+      index = candidates[tf.random.stateless_uniform(
+          [], pick_seed, 0, tf.size(candidates), dtype=tf.int32)]
+      other = (group[index] + tf.random.stateless_uniform(
+          [], group_seed, 1, len(groups), dtype=tf.int32)) % len(groups)
+      new = tf.strings.regex_replace(tokens[index], bare[index], replacements[other])
+      return tf.strings.reduce_join(
+          tf.tensor_scatter_nd_update(tokens, [[index]], [new]), separator=' ')
+    return tf.cond(tf.size(candidates) > 0, swap, lambda: value)
+  return fn
+
+
 def _pad_to(value, length: int, fill):
   value = tf.convert_to_tensor(value)
   value = value[:length]

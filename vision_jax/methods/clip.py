@@ -18,6 +18,13 @@ metadata), or OpenAI's byte-pair tokenizer from the vocabulary file `clip.bpe_pa
 for real text (the pipeline's `bpe_tokenize` op), or, with only `model.vocab_size`
 set, token ids made elsewhere (then prompts cannot be tokenized here).
 
+With `clip.hard_negatives`, the batch also holds `negative_tokens` [N, L], each caption
+with one word swapped for a word of another meaning (the `swap_word` op); they are
+extra texts in every image's softmax (NegCLIP, Yuksekgonul et al. 2023), so that the
+image tower must tell apart what the swapped word names (a circle from a square) and
+not only what the other words do. A negative equal to its caption (no word to swap) is
+left out.
+
 Metrics: `loss`, `logit_scale` (exp(t), clipped) and the in-batch retrieval accuracies
 `image_to_text_accuracy` and `text_to_image_accuracy` (chance 1 / N).
 Predictions: `embed_image` (I_e of `batch['image']`), `embed_text` (T_e of
@@ -41,7 +48,7 @@ class Method(base.Method):
     model: the two towers.
   """
   name = 'clip'
-  OPTIONS = {'bpe_path': config_lib.placeholder(str)}
+  OPTIONS = {'bpe_path': config_lib.placeholder(str), 'hard_negatives': False}
   PREDICTIONS = ('embed_image', 'embed_text')
 
   def __init__(self, config, data_info, **kwargs):
@@ -89,7 +96,17 @@ class Method(base.Method):
     (images, texts, logit_scale), model_state = base.apply_model(
         self.model, params, model_state, batch['image'], train=True, rng=rng,
         tokens=batch['tokens'])
-    loss = losses.clip_loss(images, texts, logit_scale)
+    negatives = mask = None
+    if self.options.hard_negatives:
+      if 'negative_tokens' not in batch:
+        raise config_lib.ConfigError(
+            'clip.hard_negatives needs batch["negative_tokens"]: add e.g. '
+            '`swap_word(WORDS, outkey="negative_caption")|tokenize(L, '
+            'inkey="negative_caption", outkey="negative_tokens")` to data.pp_train')
+      negatives = self.model.apply({'params': params, **model_state},
+                                   batch['negative_tokens'], train=True, method='encode_text')
+      mask = jnp.any(batch['negative_tokens'] != batch['tokens'], axis=-1)
+    loss = losses.clip_loss(images, texts, logit_scale, negatives, mask)
     similarity = images @ texts.T
     matches = jnp.arange(images.shape[0])
     metrics = {
