@@ -1,9 +1,10 @@
-# `make run` trains the main job on an embedded dataset; `make test` runs the test suite.
+# `make run` is the lecture tour (every method trained briefly on embedded data, one
+# report); `make test` runs the test suite.
 # Each creates .venv from the pinned requirements.txt when it is missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-WORKDIR ?= runs/cnn_digits
+WORKDIR ?= runs/tour
 
 .PHONY: run test venv clean
 
@@ -20,7 +21,7 @@ $(VENV)/.installed: requirements.txt
 venv: $(VENV)/.installed
 
 run: venv
-	$(PY) -m vision_jax.train --config experiments/classification/cnn_digits.py --workdir $(WORKDIR)
+	$(PY) -m vision_jax.tour --workdir $(WORKDIR) --budget quick
 
 test: venv
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests

@@ -50,7 +50,8 @@ class MetricWriter:
       self._summary.close()
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """'MM:SS', or 'H:MM:SS' from an hour on; '?' when unknown."""
   if not math.isfinite(seconds):
     return '?'
   seconds = int(seconds)
@@ -113,7 +114,7 @@ class Progress:
     rate = self._rate if rate is None else rate
     eta = (self.total_steps - step) * self.examples_per_step / rate if rate > 0 else math.nan
     fields = ' '.join(f'{k.split("/")[-1]}={v:.4g}' for k, v in self._metrics.items())
-    return (f'step {step}/{self.total_steps} | {rate:,.0f} ex/s | ETA {_duration(eta)}'
+    return (f'step {step}/{self.total_steps} | {rate:,.0f} ex/s | ETA {duration(eta)}'
             + (f' | {fields}' if fields else ''))
 
   def message(self, text: str) -> None:
