@@ -1,10 +1,14 @@
 """The lecture tour: selection, commands, resume, failures and the report in a browser."""
 
 import dataclasses
+import fcntl
 import html.parser
 import io
 import json
 import os
+import pty
+import struct
+import termios
 
 import pytest
 
@@ -84,6 +88,25 @@ def test_last_error_line():
   traceback = ('Traceback (most recent call last):\n  File "x.py", line 1\n    f()\n'
                'ValueError: bad shape\n')
   assert tour._last_error(traceback) == 'ValueError: bad shape'
+
+
+def test_status_line_is_pinned_above_a_terminals_scrolling_rows():
+  parent, child = pty.openpty()
+  fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack('HHHH', 10, 40, 0, 0))
+  with open(child, 'w', closefd=False) as stream:
+    with tour.StatusLine(stream) as status:
+      status.show('tour 1/2: cnn | step 5/20')
+      status.show('tour 1/2: cnn | step 5/20')  # unchanged: not redrawn
+  written = os.read(parent, 10_000).decode()
+  os.close(parent)
+  os.close(child)
+  assert '\x1b[2;10r' in written  # rows 2 to 10 scroll, row 1 stays
+  assert written.count('\x1b[1;1H\x1b[7mtour 1/2: cnn | step 5/20') == 1
+  assert written.rstrip().endswith('\x1b[r\x1b[10;1H')  # scrolling restored at the end
+  quiet = io.StringIO()
+  with tour.StatusLine(quiet) as status:  # not a terminal: nothing
+    status.show('tour 1/2')
+  assert quiet.getvalue() == ''
 
 
 class _Page(html.parser.HTMLParser):

@@ -8,7 +8,10 @@ Each method is an ordinary experiment run in its own folder under the tour's
 as `python -m vision_jax.train` in a child process. A method that finished is not run
 again: an interrupted tour, started again, resumes the run it stopped in (from its last
 checkpoint) and continues with the next. A method that fails is marked failed in the
-report with its error and the tour goes on; it then exits with status 1.
+report with its error and the tour goes on; it then exits with status 1. On a terminal
+the top row shows the tour's own progress (the method, its step, the time elapsed and
+left) above the runs' output and progress bars; elsewhere each method starts with a line
+that says the same.
 
 The quick budget (`make run`) trains each method for about a minute on 2 CPU cores; the
 full budget runs the experiments' own recipes (hours on a CPU). The methods are listed in
@@ -21,12 +24,15 @@ import fcntl
 import json
 import os
 import pty
+import re
+import select as select_module
 import signal
+import struct
 import subprocess
 import sys
 import termios
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from vision_jax import reporting
 from vision_jax import tour_methods
@@ -37,6 +43,7 @@ BUDGETS = ('quick', 'full', 'smoke')
 STATE_FILE = tour_methods.STATE_FILE
 RESULT_FILE = tour_methods.RESULT_FILE
 LOG_FILE = tour_methods.LOG_FILE
+_STEP = re.compile(rb'step \d+/\d+')  # a run's progress, as `reporting.Progress` prints it
 
 
 class TourError(ValueError):
@@ -79,26 +86,70 @@ def _write_json(path: str, value: dict) -> None:
   os.replace(tmp, path)  # A crash never leaves half a file.
 
 
-def _copy_window_size(fd: int) -> None:
-  """Gives the child's terminal the width of ours, for its progress bar."""
+def _copy_window_size(fd: int, rows_taken: int) -> None:
+  """Gives the child's terminal our width and our height less the pinned status line."""
   try:
-    size = fcntl.ioctl(sys.stderr.fileno(), termios.TIOCGWINSZ, b'\0' * 8)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+    rows, cols, x, y = struct.unpack(
+        'HHHH', fcntl.ioctl(sys.stderr.fileno(), termios.TIOCGWINSZ, b'\0' * 8))
+    fcntl.ioctl(fd, termios.TIOCSWINSZ,
+                struct.pack('HHHH', max(rows - rows_taken, 1), cols, x, y))
   except OSError:
     pass
 
 
-def run_logged(args: list[str], log_path: str) -> tuple[int, str]:
+class StatusLine:
+  """The tour's progress, pinned to the top row of a terminal above the runs' output.
+
+  The rows below scroll (a scroll region), so each run's own progress bar redraws
+  under it as usual; on anything but a terminal it does nothing.
+  """
+
+  def __init__(self, stream):
+    self.stream = stream
+    try:  # A terminal of a few rows at least (a pseudo-terminal may report none).
+      self.enabled = stream.isatty() and os.get_terminal_size(stream.fileno()).lines >= 4
+    except (AttributeError, OSError, ValueError):
+      self.enabled = False
+    self.text = ''
+
+  def __enter__(self):
+    if self.enabled:
+      rows = os.get_terminal_size(self.stream.fileno()).lines
+      # Scroll rows 2.. only, and start writing at the bottom.
+      self.stream.write(f'\n\x1b[2;{rows}r\x1b[{rows};1H')
+      self.stream.flush()
+    return self
+
+  def show(self, text: str) -> None:
+    if not self.enabled or text == self.text:
+      return
+    self.text = text
+    cols = os.get_terminal_size(self.stream.fileno()).columns
+    # Save the cursor, write row 1 in reverse video, restore the cursor.
+    self.stream.write(f'\x1b7\x1b[1;1H\x1b[7m{text[:cols]}\x1b[K\x1b[0m\x1b8')
+    self.stream.flush()
+
+  def __exit__(self, *exc):
+    if self.enabled:
+      self.stream.write('\x1b7\x1b[1;1H\x1b[K\x1b8\x1b[r')  # Clear it; scroll everything.
+      rows = os.get_terminal_size(self.stream.fileno()).lines
+      self.stream.write(f'\x1b[{rows};1H\n')
+      self.stream.flush()
+
+
+def run_logged(args: list[str], log_path: str,
+               on_progress: Callable[[str], None] | None = None) -> tuple[int, str]:
   """Runs `args`, showing its output live and appending it to `log_path`.
 
   On a terminal the child gets a pseudo-terminal of its own, so that its progress bar
-  redraws in place as when it is run by hand. Returns the exit status and the last
-  error line the child printed ('' when none).
+  redraws in place as when it is run by hand. `on_progress` is called with the child's
+  latest 'step N/M' (or '' before its first) about once a second. Returns the exit
+  status and the last error line the child printed ('' when none).
   """
   interactive = sys.stderr.isatty()
   if interactive:
     read_fd, child_fd = pty.openpty()
-    _copy_window_size(child_fd)
+    _copy_window_size(child_fd, rows_taken=1)
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=child_fd,
                                stderr=child_fd, close_fds=True)
     os.close(child_fd)
@@ -106,21 +157,27 @@ def run_logged(args: list[str], log_path: str) -> tuple[int, str]:
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     read_fd = process.stdout.fileno()
-  tail = b''
+  tail, step = b'', ''
   try:
     with open(log_path, 'ab') as log:
       while True:
-        try:
-          chunk = os.read(read_fd, 65536)
-        except OSError:  # EIO: the child closed its pseudo-terminal.
-          chunk = b''
-        if not chunk:
-          break
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.flush()
-        log.write(chunk)
-        log.flush()  # A crash of the tour itself still leaves the run's output.
-        tail = (tail + chunk)[-20000:]
+        ready, _, _ = select_module.select([read_fd], [], [], 1.0)
+        if ready:
+          try:
+            chunk = os.read(read_fd, 65536)
+          except OSError:  # EIO: the child closed its pseudo-terminal.
+            chunk = b''
+          if not chunk:
+            break
+          sys.stderr.buffer.write(chunk)
+          sys.stderr.flush()
+          log.write(chunk)
+          log.flush()  # A crash of the tour itself still leaves the run's output.
+          tail = (tail + chunk)[-20000:]
+          steps = _STEP.findall(chunk)
+          step = steps[-1].decode() if steps else step
+        if on_progress:
+          on_progress(step)
     status = process.wait()
   except KeyboardInterrupt:
     process.send_signal(signal.SIGTERM)  # The trainer checkpoints and exits.
@@ -185,28 +242,40 @@ def run_tour(workdir: str, budget: str = 'quick', *, only: str | None = None,
 
   start = time.time()
   spent_expected = 0.0
-  for index, method in enumerate(todo, 1):
-    run_dir = os.path.join(workdir, method.key)
-    os.makedirs(run_dir, exist_ok=True)
-    elapsed = time.time() - start
-    # Time left: what remains, at the pace the tour has had against its estimates.
-    pace = elapsed / spent_expected if spent_expected > 0 else 1.0
-    left = (expected - spent_expected) * pace
-    say(f'\n=== tour {index}/{len(todo)}: {method.title} [{method.key}] | '
-        f'{reporting.duration(elapsed)} elapsed, about {reporting.duration(left)} left ===')
-    args = tour_methods.command(method, budget, workdir)
-    method_start = time.time()
-    status, error = run_logged(args, os.path.join(run_dir, LOG_FILE))
-    seconds = time.time() - method_start
-    spent_expected += expected_seconds(method, budget)
-    result = {'status': 'done' if status == 0 else 'failed', 'seconds': seconds,
-              'budget': budget, 'command': args[1:] if not method.script else args}
-    if status:
-      result['error'] = error or f'exit status {status}'
-      say(f'--- {method.key} FAILED after {reporting.duration(seconds)}: {result["error"]}')
-    else:
-      say(f'--- {method.key} done in {reporting.duration(seconds)}')
-    _write_json(os.path.join(run_dir, RESULT_FILE), result)
+  with StatusLine(stream) as status:
+    for index, method in enumerate(todo, 1):
+      run_dir = os.path.join(workdir, method.key)
+      os.makedirs(run_dir, exist_ok=True)
+      method_start = time.time()
+
+      def time_left(now, method=method, method_start=method_start):
+        # What remains at the pace the tour has kept against its estimates so far.
+        done_seconds = method_start - start
+        pace = done_seconds / spent_expected if spent_expected > 0 else 1.0
+        this = max(expected_seconds(method, budget) * pace - (now - method_start), 0.0)
+        return this + (expected - spent_expected - expected_seconds(method, budget)) * pace
+
+      def progress(step, index=index, method=method):
+        now = time.time()
+        status.show(f' tour {index}/{len(todo)}: {method.key} | {step or "starting"} | '
+                    f'{reporting.duration(now - start)} elapsed, about '
+                    f'{reporting.duration(time_left(now))} left')
+
+      say(f'\n=== tour {index}/{len(todo)}: {method.title} [{method.key}] | '
+          f'{reporting.duration(method_start - start)} elapsed, about '
+          f'{reporting.duration(time_left(method_start))} left ===')
+      args = tour_methods.command(method, budget, workdir)
+      code, error = run_logged(args, os.path.join(run_dir, LOG_FILE), progress)
+      seconds = time.time() - method_start
+      spent_expected += expected_seconds(method, budget)
+      result = {'status': 'failed' if code else 'done', 'seconds': seconds,
+                'budget': budget, 'command': args[1:] if not method.script else args}
+      if code:
+        result['error'] = error or f'exit status {code}'
+        say(f'--- {method.key} FAILED after {reporting.duration(seconds)}: {result["error"]}')
+      else:
+        say(f'--- {method.key} done in {reporting.duration(seconds)}')
+      _write_json(os.path.join(run_dir, RESULT_FILE), result)
 
   report = tour_report.write_report(workdir, chosen, budget)
   failed = [m.key for m in chosen if not done_earlier(m)]

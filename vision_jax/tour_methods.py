@@ -289,16 +289,16 @@ METHODS: tuple[Method, ...] = (
         config='experiments/generative/ae_mnist.py',
         goals=(Goal('eval/reconstruction_loss', 'reconstruction loss (test, nats)',
                     higher_is_better=False),),
-        figures=('eval/reconstructions.png',), quick=_quick(200, eval='test[:500]'),
+        figures=('eval/reconstructions.png',), quick=_quick(200),
         quick_seconds=40, full_minutes=1.5),
     Method(
         key='denoising_autoencoder', group='generative', title='Denoising autoencoder',
-        about='The same network fed a corrupted image (half its pixels masked) and trained '
-              'to reconstruct the clean one.',
+        about='The same network fed a corrupted image (a quarter of its pixels set to 0) and '
+              'trained to reconstruct the clean one.',
         config='experiments/generative/ae_mnist.py:noise=mask',
         goals=(Goal('eval/reconstruction_loss', 'reconstruction loss of masked inputs',
                     higher_is_better=False),),
-        figures=('eval/reconstructions.png',), quick=_quick(200, eval='test[:500]'),
+        figures=('eval/reconstructions.png',), quick=_quick(200),
         quick_seconds=40, full_minutes=1.5),
     Method(
         key='vae', group='generative', title='Variational autoencoder',
@@ -338,8 +338,9 @@ METHODS: tuple[Method, ...] = (
         key='clip', group='clip', title='CLIP: contrastive pre-training, zero-shot from label text',
         about='An image tower and a text tower trained so that matching image-caption '
               'pairs have the larger cosine similarity (a symmetric cross-entropy over the '
-              'batch); then a classifier from label text alone: "a photo of a {class}." '
-              'for each class, the image assigned to the nearest.',
+              'batch); then a classifier from label text alone: prompts such as "there is '
+              'a red circle." for each class, several templates averaged, and each image '
+              'assigned to the nearest.',
         config='experiments/vision_language/clip_scenes.py',
         goals=(Goal('zero_shot/accuracy', 'zero-shot top-1 (scenes/single test)', 0.80),
                Goal('zero_shot/top5_accuracy', 'zero-shot top-5'),
