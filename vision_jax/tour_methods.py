@@ -145,7 +145,7 @@ def _captioner(decoder: str, title: str) -> Method:
              Goal('test/bleu4', 'BLEU-4 (test)'),
              Goal('test/cider', 'CIDEr-D (test)')),
       figures=_CAPTION_FIGURES[decoder], quick=_quick(150, test='test[:300]'),
-      quick_seconds=80,
+      quick_seconds=75,
       full_minutes=25)
 
 
@@ -164,7 +164,7 @@ METHODS: tuple[Method, ...] = (
               'Gaussian kernels blur, unsharp masking sharpens, Sobel and Laplacian '
               'kernels find edges.',
         config='experiments/filters/demo.py', script=True,
-        figures=('filters_chelsea.png', 'filters_1d.png'), quick_seconds=10,
+        figures=('filters_chelsea.png', 'filters_1d.png'), quick_seconds=5,
         full_minutes=0.2),
     Method(
         key='naive_bayes', group='naive_bayes', title='Naive Bayes on binary pixels',
@@ -183,7 +183,7 @@ METHODS: tuple[Method, ...] = (
         config='experiments/classification/cnn_digits.py',
         goals=(Goal('eval/accuracy', 'test accuracy', 0.99),),
         figures=('eval/predictions.png', 'eval/confusion_matrix.png'),
-        quick=_quick(300), quick_seconds=20, full_minutes=1),
+        quick=_quick(300), quick_seconds=25, full_minutes=1),
     Method(
         key='resnet', group='resnet', title='A residual network (ResNet-20)',
         about='Blocks that learn a residual, y = F(x) + x, so that depth does not hurt '
@@ -197,7 +197,7 @@ METHODS: tuple[Method, ...] = (
                      warmup=False),
         full={'data.name': 'scenes/single', 'data.num_classes': 40, 'total_steps': 6_000,
               'schedule.boundaries_steps': (3_000, 4_500)},
-        quick_seconds=120, full_minutes=25),
+        quick_seconds=170, full_minutes=25),
     Method(
         key='detection', group='detection', title='Object detection (FCOS)',
         about='Every location of a feature pyramid predicts a class score, its distances '
@@ -207,7 +207,7 @@ METHODS: tuple[Method, ...] = (
         goals=(Goal('test/AP50', 'box AP50 (test)', 0.90),
                Goal('test/AP', 'box AP (test)', 0.60)),
         figures=('test/detections.png',), quick=_quick(500, test='test[:500]'),
-        quick_seconds=105,
+        quick_seconds=125,
         full_minutes=9),
     Method(
         key='segmentation', group='segmentation', title='Semantic segmentation (U-Net)',
@@ -217,7 +217,7 @@ METHODS: tuple[Method, ...] = (
         goals=(Goal('test/mean_iou', 'mean IoU (test)', 0.85),),
         figures=('test/segmentations.png',),
         quick=_quick(300, {'batch_size': 32}, test='test[:500]'),
-        quick_seconds=100, full_minutes=11),
+        quick_seconds=85, full_minutes=11),
     Method(
         key='instance_segmentation', group='instance_segmentation',
         title='Instance segmentation (CondInst)',
@@ -227,7 +227,7 @@ METHODS: tuple[Method, ...] = (
         goals=(Goal('test/segm/AP50', 'mask AP50 (test)', 0.80),
                Goal('test/AP50', 'box AP50 (test)')),
         figures=('test/detections.png',), quick=_quick(300, test='test[:500]'),
-        quick_seconds=125,
+        quick_seconds=145,
         full_minutes=13),
     _captioner('rnn', 'CNN + LSTM, the image as h₀'),
     _captioner('attention', 'CNN + LSTM with soft attention'),
@@ -243,7 +243,7 @@ METHODS: tuple[Method, ...] = (
                     'plus 15 points)', 0.608),
                Goal('eval/accuracy_color', 'colour questions'),
                Goal('eval/accuracy_count', 'count questions')),
-        figures=('eval/answers.png',), quick=_quick(400, eval='test[:500]'), quick_seconds=110,
+        figures=('eval/answers.png',), quick=_quick(400, eval='test[:500]'), quick_seconds=145,
         full_minutes=9),
     Method(
         key='video', group='video', title='Video classification (ViViT)',
@@ -254,7 +254,7 @@ METHODS: tuple[Method, ...] = (
         goals=(Goal('test/accuracy', 'accuracy, one clip (test)', 0.95),
                Goal('test_multi_clip/accuracy', 'accuracy, 4 clips (test)')),
         figures=('test/predictions.png', 'attention/temporal_attention.png'),
-        quick=_quick(400), quick_seconds=65, full_minutes=8),
+        quick=_quick(400), quick_seconds=90, full_minutes=8),
     Method(
         key='rotation', group='self_supervised', title='Self-supervised: rotation prediction',
         about='The pretext task: predict which of four rotations (0°, 90°, 180°, 270°) was '
@@ -263,7 +263,7 @@ METHODS: tuple[Method, ...] = (
         goals=(Goal('rotation/accuracy', 'rotation accuracy (test)'),) + _probe_goals('rotation'),
         figures=('rotation/rotations.png', 'probe/embedding.png'),
         quick=_quick(150, _probes_quick('probe', 'probe_random_init'), rotation='test[:1000]'),
-        quick_seconds=85,
+        quick_seconds=110,
         full_minutes=12),
     Method(
         key='simclr', group='self_supervised', title='Self-supervised: SimCLR',
@@ -281,7 +281,7 @@ METHODS: tuple[Method, ...] = (
         config='experiments/self_supervised/cpc_scenes.py',
         goals=_probe_goals('CPC'), figures=('probe/embedding.png',),
         quick=_quick(80, _probes_quick('probe', 'probe_random_init', 'progress')),
-        quick_seconds=75, full_minutes=12),
+        quick_seconds=85, full_minutes=12),
     Method(
         key='autoencoder', group='generative', title='Autoencoder',
         about='An encoder to a 32-number code and a decoder back, trained to reconstruct '
@@ -290,7 +290,7 @@ METHODS: tuple[Method, ...] = (
         goals=(Goal('eval/reconstruction_loss', 'reconstruction loss (test, nats)',
                     higher_is_better=False),),
         figures=('eval/reconstructions.png',), quick=_quick(200),
-        quick_seconds=40, full_minutes=1.5),
+        quick_seconds=60, full_minutes=1.5),
     Method(
         key='denoising_autoencoder', group='generative', title='Denoising autoencoder',
         about='The same network fed a corrupted image (a quarter of its pixels set to 0) and '
@@ -299,7 +299,7 @@ METHODS: tuple[Method, ...] = (
         goals=(Goal('eval/reconstruction_loss', 'reconstruction loss of masked inputs',
                     higher_is_better=False),),
         figures=('eval/reconstructions.png',), quick=_quick(200),
-        quick_seconds=40, full_minutes=1.5),
+        quick_seconds=50, full_minutes=1.5),
     Method(
         key='vae', group='generative', title='Variational autoencoder',
         about='An encoder q(z | x), a decoder p(x | z) and the evidence lower bound '
@@ -311,7 +311,7 @@ METHODS: tuple[Method, ...] = (
                Goal('eval/iwae_nll', 'importance-weighted bound (test, nats)',
                     higher_is_better=False)),
         figures=('eval/samples.png', 'eval/reconstructions.png'),
-        quick=_quick(300, {'vae.iwae_samples': 20}), quick_seconds=70,
+        quick=_quick(300, {'vae.iwae_samples': 20}), quick_seconds=90,
         full_minutes=8),
     Method(
         key='gan', group='generative', title='Generative adversarial network (DCGAN)',
@@ -321,7 +321,7 @@ METHODS: tuple[Method, ...] = (
         config='experiments/generative/gan_scenes.py',
         goals=(Goal('eval/d_real', 'D(x) on test images'),
                Goal('eval/d_fake', 'D(G(z)) on samples')),
-        figures=('eval/samples.png',), quick=_quick(600, warmup=False), quick_seconds=65,
+        figures=('eval/samples.png',), quick=_quick(600, warmup=False), quick_seconds=90,
         full_minutes=3.5),
     Method(
         key='diffusion', group='generative', title='Diffusion (DDPM)',
@@ -333,7 +333,7 @@ METHODS: tuple[Method, ...] = (
         goals=(Goal('eval/simple_loss', 'L_simple (test)', higher_is_better=False),),
         figures=('eval/samples.png', 'eval/trajectory.png'),
         quick=_quick(250, {'evals.eval.grid_samples': 80}, eval='test[:320]'),
-        quick_seconds=125, full_minutes=12),
+        quick_seconds=210, full_minutes=12),
     Method(
         key='clip', group='clip', title='CLIP: contrastive pre-training, zero-shot from label text',
         about='An image tower and a text tower trained so that matching image-caption '
@@ -346,7 +346,7 @@ METHODS: tuple[Method, ...] = (
                Goal('zero_shot/top5_accuracy', 'zero-shot top-5'),
                Goal('retrieval/image_to_text/recall@1', 'image to text R@1 (scenes/multi test)')),
         figures=('zero_shot/zero_shot.png', 'retrieval/similarity.png'),
-        quick=_quick(150, _probes_quick('probe')), quick_seconds=115,
+        quick=_quick(150, _probes_quick('probe')), quick_seconds=145,
         full_minutes=11),
     Method(
         key='judge', group='text_to_image', title='Text-to-image: the judge',
@@ -355,7 +355,7 @@ METHODS: tuple[Method, ...] = (
         config='experiments/classification/cnn_scenes.py',
         goals=(Goal('eval/accuracy', 'test accuracy'),),
         figures=('eval/predictions.png',), quick=_quick(1000, {'batch_size': 64}),
-        quick_seconds=115, full_minutes=5),
+        quick_seconds=125, full_minutes=5),
     Method(
         key='dalle_vqvae', group='text_to_image', title='Text-to-image: image tokens (VQ-VAE)',
         about='DALL-E\'s first stage: a VQ-VAE with an EMA codebook turns each 32x32 scene '
@@ -363,7 +363,7 @@ METHODS: tuple[Method, ...] = (
         config='experiments/vision_language/dalle_scenes.py:stage=vqvae',
         goals=(Goal('reconstruction/psnr', 'reconstruction PSNR (test, dB)'),),
         figures=('reconstruction/reconstructions.png',), quick=_quick(300),
-        quick_seconds=55, full_minutes=2.5),
+        quick_seconds=65, full_minutes=2.5),
     Method(
         key='dalle_prior', group='text_to_image', title='Text-to-image: DALL-E',
         about='An autoregressive Transformer over the caption\'s words followed by the '
@@ -377,7 +377,7 @@ METHODS: tuple[Method, ...] = (
         uses={'dalle.vqvae_workdir': 'dalle_vqvae',
               'evals.text_to_image.classifier_workdir': 'judge',
               'evals.text_to_image.clip_workdir': 'clip'},
-        quick=_quick(300), quick_seconds=165, full_minutes=15),
+        quick=_quick(300), quick_seconds=110, full_minutes=15),
 )
 
 GROUPS: tuple[str, ...] = tuple(dict.fromkeys(m.group for m in METHODS))

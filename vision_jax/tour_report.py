@@ -26,8 +26,8 @@ from vision_jax.tour_methods import Goal, Method
 
 REPORT = 'index.html'
 _BUDGET_NOTE = {
-    'quick': ('; the quick budget trains each method for about a minute, so <span '
-              'class="short">short</span> says how far a minute gets, not that the recipe '
+    'quick': ('; the quick budget trains each method for a minute or two, so <span '
+              'class="short">short</span> says how far that gets, not that the recipe '
               'misses its goal'),
     'smoke': '; the smoke budget runs each experiment\'s seconds-long local mode',
 }
