@@ -109,10 +109,10 @@ def _seconds(seconds: float | None) -> str:
   return '–' if seconds is None else reporting.duration(seconds)
 
 
-def _method_rows(method: Method, result: dict | None, metrics: dict) -> list[tuple]:
-  """(method, goal, value) for the summary: the goals that have targets, else the first."""
+def _summary_goals(method: Method, metrics: dict) -> list[tuple[Goal | None, float | None]]:
+  """(goal, value) rows of the summary: the goals with targets, else the first goal."""
   goals = [g for g in method.goals if g.target is not None] or list(method.goals[:1])
-  return [(method, goal, metrics.get(goal.metric)) for goal in goals] or [(method, None, None)]
+  return [(goal, metrics.get(goal.metric)) for goal in goals] or [(None, None)]
 
 
 def _status_cell(result: dict | None) -> str:
@@ -134,7 +134,7 @@ def write_report(workdir: str, methods: Sequence[Method], budget: str) -> str:
   for method in methods:
     result = results[method.key]
     status = _status_cell(result)
-    for i, (_, goal, value) in enumerate(_method_rows(method, result, metrics[method.key])):
+    for i, (goal, value) in enumerate(_summary_goals(method, metrics[method.key])):
       first = i == 0
       summary.append(
           '<tr>'
